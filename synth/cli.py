@@ -1,0 +1,40 @@
+"""The `synth` command line: one entry point, sub-commands per stage of the pipeline."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from synth import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="synth")
+def main() -> None:
+    """Synthetic medical images of rare genetic conditions.
+
+    \b
+    Typical flow:
+      synth data atlas OUT           render the built-in synthetic atlas (ground truth known)
+      synth data check DIR           validate a dataset and show image counts per condition cell
+      synth data align IN OUT        FFHQ-style face alignment with dlib landmarks
+      synth train --cond disease,age train a conditional StyleGAN2-ADA (factored embedding)
+      synth classify cv --data DIR   cross-validated EfficientNet classifiers and metrics
+    """
+
+
+def _register() -> None:
+    from synth.data.cli import data
+
+    main.add_command(data)
+
+
+_register()
+
+
+def run() -> None:  # pragma: no cover - console entry for `python -m synth`
+    main(prog_name="synth")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run())

@@ -1,0 +1,598 @@
+"""Labelled image sets: read a folder (labels.csv or NVlabs dataset.json) or a zip of one.
+
+``open_dataset`` returns an :class:`ImageSet`: records with level names per factor, optional
+soft labels and subject ids, plus the :class:`~synth.conditions.ConditionSpace` that gives the
+labels their meaning.  :class:`TorchImageDataset` turns an ImageSet into (image, label) tensors
+for training; :class:`BalancedSampler` oversamples rare condition cells.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+from PIL import Image
+
+from synth.conditions import KNOWN_LEVELS, ConditionError, ConditionSpace
+
+__all__ = [
+    "DatasetError",
+    "Record",
+    "ImageSet",
+    "open_dataset",
+    "write_labels_csv",
+    "TorchImageDataset",
+    "balanced_weights",
+    "BalancedSampler",
+    "IMAGE_EXTENSIONS",
+    "LABELS_CSV",
+    "SCHEMA_FILE",
+]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+LABELS_CSV = "labels.csv"
+SCHEMA_FILE = "conditions.yaml"
+NVLABS_JSON = "dataset.json"
+RESERVED_COLUMNS = ("file", "subject")
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be read as given (one-line message naming the file)."""
+
+
+@dataclass
+class Record:
+    """One image: its path inside the dataset and what it shows."""
+
+    file: str
+    labels: dict[str, str]
+    soft: np.ndarray | None = None
+    subject: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------
+# Storage: a folder or a zip archive, addressed by POSIX relative paths.
+
+
+class _Storage:
+    def __init__(self, path: Path):
+        self.path = path
+        self._zip: zipfile.ZipFile | None = None
+        self._prefix = ""
+        if path.is_file():
+            if not zipfile.is_zipfile(path):
+                raise DatasetError(f"{path}: not a folder or a zip archive")
+            self._zip = zipfile.ZipFile(path)
+            names = [n for n in self._zip.namelist() if not n.endswith("/")]
+            # A zip of a folder holds "folder/labels.csv": read relative to that folder.
+            for marker in (LABELS_CSV, NVLABS_JSON):
+                hits = sorted((n for n in names if PurePosixPath(n).name == marker), key=len)
+                if hits:
+                    parent = str(PurePosixPath(hits[0]).parent)
+                    self._prefix = "" if parent == "." else parent + "/"
+                    break
+            self._names = {n[len(self._prefix):] for n in names if n.startswith(self._prefix)}
+        elif not path.is_dir():
+            raise DatasetError(f"{path}: dataset not found")
+
+    def __getstate__(self):  # zip handles do not cross process boundaries (DataLoader workers)
+        state = dict(self.__dict__)
+        state["_zip"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if self.path.is_file():
+            self._zip = zipfile.ZipFile(self.path)
+
+    def exists(self, rel: str) -> bool:
+        if self._zip is not None:
+            return rel in self._names
+        return (self.path / rel).is_file()
+
+    def read(self, rel: str) -> bytes:
+        if self._zip is not None:
+            if rel not in self._names:
+                raise FileNotFoundError(rel)
+            return self._zip.read(self._prefix + rel)
+        return (self.path / rel).read_bytes()
+
+    def list_images(self) -> list[str]:
+        if self._zip is not None:
+            names = self._names
+        else:
+            names = {p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if p.is_file()}
+        return sorted(n for n in names if n.lower().endswith(IMAGE_EXTENSIONS) and not PurePosixPath(n).name.startswith("."))
+
+    def display(self, rel: str) -> str:
+        return f"{self.path}:{rel}" if self._zip is not None else str(self.path / rel)
+
+
+def decode_image(data: bytes, name: str) -> Image.Image:
+    """Decode fully (so truncated files fail here, not later) and convert to RGB."""
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except Exception as e:  # PIL raises many types for bad files
+        raise DatasetError(f"{name}: unreadable or corrupt image ({type(e).__name__}: {e})".splitlines()[0]) from None
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return img
+
+
+# ----------------------------------------------------------------------------------------
+
+
+class ImageSet:
+    """A labelled image collection with its condition space."""
+
+    def __init__(self, storage: _Storage, space: ConditionSpace, records: list[Record]):
+        self._storage = storage
+        self.space = space
+        self.records = records
+
+    @property
+    def root(self) -> Path:
+        return self._storage.path
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> Record:
+        return self.records[i]
+
+    def __iter__(self) -> Iterator[Record]:
+        return iter(self.records)
+
+    def path_of(self, i: int) -> str:
+        return self._storage.display(self.records[i].file)
+
+    def read_bytes(self, i: int) -> bytes:
+        return self._storage.read(self.records[i].file)
+
+    def load_image(self, i: int) -> Image.Image:
+        rec = self.records[i]
+        try:
+            data = self._storage.read(rec.file)
+        except (FileNotFoundError, KeyError):
+            raise DatasetError(f"{self.path_of(i)}: missing image file") from None
+        return decode_image(data, self.path_of(i))
+
+    def label_vector(self, i: int) -> np.ndarray:
+        rec = self.records[i]
+        return rec.soft.copy() if rec.soft is not None else self.space.encode(rec.labels)
+
+    def label_matrix(self) -> np.ndarray:
+        if not self.records:
+            return np.zeros((0, self.space.c_dim), dtype=np.float32)
+        return np.stack([self.label_vector(i) for i in range(len(self))]).astype(np.float32)
+
+    def cell_of(self, i: int, factors: Sequence[str] | None = None) -> tuple[str, ...]:
+        names = list(factors) if factors is not None else list(self.space.names)
+        return tuple(self.records[i].labels[n] for n in names)
+
+    def cell_counts(self, factors: Sequence[str] | None = None) -> dict[tuple[str, ...], int]:
+        """Image count of every cell of the named factors, zeros included, in level order."""
+        counts = {cell: 0 for cell in self.space.cells(factors)}
+        for i in range(len(self)):
+            counts[self.cell_of(i, factors)] += 1
+        return counts
+
+    def groups(self) -> np.ndarray:
+        return np.array([r.subject if r.subject else f"file:{r.file}" for r in self.records], dtype=object)
+
+    def is_affected(self) -> np.ndarray:
+        return np.array([self.space.is_affected(r.labels) for r in self.records], dtype=bool)
+
+    def subset(self, indices: Iterable[int]) -> "ImageSet":
+        return ImageSet(self._storage, self.space, [self.records[int(i)] for i in indices])
+
+    def __repr__(self) -> str:
+        return f"ImageSet({self.root}, {len(self)} images, {self.space!r})"
+
+
+# ----------------------------------------------------------------------------------------
+# Reading
+
+
+def _read_schema(storage: _Storage) -> ConditionSpace | None:
+    if not storage.exists(SCHEMA_FILE):
+        return None
+    import yaml
+
+    where = storage.display(SCHEMA_FILE)
+    try:
+        data = yaml.safe_load(storage.read(SCHEMA_FILE).decode("utf-8"))
+        return ConditionSpace.from_dict(data)
+    except ConditionError as e:
+        raise DatasetError(f"{where}: {e}") from None
+    except Exception as e:
+        raise DatasetError(f"{where}: not a valid condition schema ({type(e).__name__})") from None
+
+
+def _space_from_rows(
+    rows: list[dict[str, str]], factors: Sequence[str], where: str, lenient: bool = False
+) -> ConditionSpace:
+    """Level order from known defaults, else order of first appearance (never alphabetical).
+
+    ``lenient`` keeps the known order even when rows use other levels, so that those rows are
+    reported one by one as unknown levels (``synth data check``) instead of failing here.
+    """
+    levels: dict[str, list[str]] = {}
+    for name in factors:
+        seen = list(dict.fromkeys(r[name].strip() for r in rows if (r.get(name) or "").strip()))
+        known = KNOWN_LEVELS.get(name)
+        if known and (lenient or all(v in known for v in seen)):
+            levels[name] = list(known)
+        else:
+            if known:
+                unknown = [v for v in seen if v not in known]
+                raise DatasetError(
+                    f"{where}: factor {name!r} has level(s) {', '.join(unknown)} outside the default order "
+                    f"({', '.join(known)}); list the levels in {SCHEMA_FILE}"
+                )
+            warnings.warn(
+                f"{where}: no {SCHEMA_FILE}; levels of {name!r} ordered by first appearance: {', '.join(seen)}",
+                stacklevel=3,
+            )
+            levels[name] = seen
+    return ConditionSpace.from_levels(levels)
+
+
+def _factor_columns(header: Sequence[str]) -> list[str]:
+    return [h for h in header if h not in RESERVED_COLUMNS and not h.startswith("p_")]
+
+
+def _read_labels_csv(
+    storage: _Storage,
+    cond: Sequence[str] | None,
+    space: ConditionSpace | None,
+    problems: list[tuple[str, str]] | None = None,
+) -> ImageSet:
+    """Parse labels.csv.  With ``problems`` given, bad rows are recorded as (kind, message) and
+    skipped instead of raising, so a check can report every problem at once."""
+    where = storage.display(LABELS_CSV)
+    try:
+        text = storage.read(LABELS_CSV).decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise DatasetError(f"{where}: not UTF-8 text") from None
+    reader = csv.DictReader(io.StringIO(text))
+    header = reader.fieldnames or []
+    if "file" not in header:
+        raise DatasetError(f"{where}: missing required column 'file'")
+    rows = [dict(r) for r in reader]
+    schema = space or _read_schema(storage)
+    hint = ""
+    if cond:
+        factors = list(cond)
+    elif schema is not None:
+        factors = list(schema.names)
+    else:
+        factors = [c for c in _factor_columns(header) if c in KNOWN_LEVELS]
+        if not factors:
+            raise DatasetError(f"{where}: cannot tell which columns are factors; pass --cond or add {SCHEMA_FILE}")
+    missing = [f for f in factors if f not in header]
+    if missing:
+        raise DatasetError(f"{where}: missing factor column(s) {', '.join(missing)}")
+    if schema is not None:
+        try:
+            schema = schema.subset(factors)
+        except ConditionError as e:
+            raise DatasetError(f"{where}: {e}") from None
+    else:
+        # Known factors keep their default order; rows with other levels fail one by one below,
+        # naming their line, with a hint to write a schema.
+        schema = _space_from_rows(rows, factors, where, lenient=True)
+        hint = f"; to use other levels, list them in {SCHEMA_FILE}"
+
+    soft_cols = [h for h in header if h.startswith("p_") and "=" in h]
+    soft_map: dict[str, tuple[str, str]] = {}
+    for col in soft_cols:
+        fac, lvl = col[2:].split("=", 1)
+        if fac in schema.names:
+            soft_map[col] = (fac, lvl)
+    records: list[Record] = []
+    seen_files: dict[str, int] = {}
+
+    def fail(kind: str, message: str) -> None:
+        if problems is None:
+            raise DatasetError(message)
+        problems.append((kind, message))
+
+    for lineno, row in enumerate(rows, start=2):
+        file = (row.get("file") or "").strip()
+        if not file:
+            fail("bad row", f"{where}: line {lineno}: empty 'file'")
+            continue
+        if file in seen_files:
+            fail("duplicate file", f"{where}: line {lineno}: {file} already listed on line {seen_files[file]}")
+            continue
+        seen_files[file] = lineno
+        labels = {f: (row.get(f) or "").strip() for f in factors}
+        try:
+            labels = schema.check_labels(labels)
+        except ConditionError as e:
+            fail("unknown level", f"{where}: line {lineno} ({file}): {e}{hint}")
+            continue
+        soft = None
+        if soft_map and any((row.get(c) or "").strip() for c in soft_map):
+            try:
+                mixes: dict[str, dict[str, float]] = {}
+                for col, (fac, lvl) in soft_map.items():
+                    val = (row.get(col) or "").strip()
+                    if val:
+                        mixes.setdefault(fac, {})[lvl] = float(val)
+                for fac in schema.names:  # factors without soft columns keep their hard level
+                    mixes.setdefault(fac, {labels[fac]: 1.0})
+                soft = schema.encode_soft(mixes)
+            except (ConditionError, ValueError) as e:
+                fail("bad soft label", f"{where}: line {lineno} ({file}): bad soft label ({e})")
+                continue
+        subject = (row.get("subject") or "").strip() or None
+        extra = {k: v for k, v in row.items() if k not in factors and k not in RESERVED_COLUMNS and k not in soft_map and k}
+        records.append(Record(file, labels, soft, subject, extra))
+    return ImageSet(storage, schema, records)
+
+
+def _read_nvlabs_json(storage: _Storage, cond: Sequence[str] | None, space: ConditionSpace | None) -> ImageSet:
+    """NVlabs dataset.json: labels are class indices or label vectors (multi-hot over the space)."""
+    where = storage.display(NVLABS_JSON)
+    try:
+        data = json.loads(storage.read(NVLABS_JSON).decode("utf-8"))
+        pairs = data["labels"]
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise DatasetError(f"{where}: not valid JSON") from None
+    except (KeyError, TypeError):
+        raise DatasetError(f"{where}: expected {{'labels': [[file, label], ...]}}") from None
+    if pairs is None:
+        raise DatasetError(f"{where}: 'labels' is null (unconditional dataset); a labelled dataset is needed")
+    schema = space or _read_schema(storage)
+    if schema is not None and cond:
+        schema = schema.subset(list(cond))
+    records = []
+    ints = all(isinstance(p, (list, tuple)) and len(p) == 2 and isinstance(p[1], int) for p in pairs)
+    if schema is None:
+        if not ints:
+            raise DatasetError(f"{where}: vector labels need a {SCHEMA_FILE} naming factors and levels")
+        n = max(p[1] for p in pairs) + 1 if pairs else 1
+        name = (cond or ["class"])[0]
+        schema = ConditionSpace.from_levels({name: [str(i) for i in range(n)]})
+    for k, pair in enumerate(pairs):
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise DatasetError(f"{where}: entry {k} is not [file, label]")
+        file, label = pair
+        try:
+            if isinstance(label, int):
+                if len(schema.factors) != 1:
+                    raise ConditionError("integer label needs a single-factor space")
+                f = schema.factors[0]
+                if not 0 <= label < f.size:
+                    raise ConditionError(f"class index {label} outside 0..{f.size - 1}")
+                labels = {f.name: f.levels[label]}
+                soft = None
+            else:
+                vec = np.asarray(label, dtype=np.float32)
+                schema.validate(vec, soft=True)
+                labels = schema.decode(vec)
+                soft = None if schema.is_hard(vec) else vec
+        except ConditionError as e:
+            raise DatasetError(f"{where}: entry {k} ({file}): {e}") from None
+        records.append(Record(str(file), labels, soft, None, {}))
+    return ImageSet(storage, schema, records)
+
+
+def open_dataset(
+    path: str | Path,
+    cond: Sequence[str] | None = None,
+    space: ConditionSpace | None = None,
+) -> ImageSet:
+    """Open a labelled dataset folder or zip.
+
+    ``cond`` selects and orders the factors (e.g. ``["disease", "age"]``); ``space`` overrides
+    the schema (e.g. the space stored in a checkpoint).  Label order comes from ``space``, the
+    dataset's ``conditions.yaml`` or the known defaults, never from sorting.
+    """
+    storage = _Storage(Path(path))
+    if storage.exists(LABELS_CSV):
+        return _read_labels_csv(storage, cond, space)
+    if storage.exists(NVLABS_JSON):
+        return _read_nvlabs_json(storage, cond, space)
+    raise DatasetError(f"{path}: no {LABELS_CSV} or {NVLABS_JSON} found")
+
+
+def write_labels_csv(
+    path: str | Path,
+    rows: ImageSet | Sequence[Record],
+    space: ConditionSpace | None = None,
+    extra_columns: Sequence[str] | None = None,
+) -> None:
+    """Write records as a labels.csv (atomically), with soft columns when any row is soft."""
+    from synth.utils.io import atomic_write_text
+
+    if isinstance(rows, ImageSet):
+        space = space or rows.space
+        records = rows.records
+    else:
+        records = list(rows)
+    if space is None:
+        raise DatasetError("write_labels_csv needs a condition space")
+    has_subject = any(r.subject for r in records)
+    has_soft = any(r.soft is not None for r in records)
+    if extra_columns is None:
+        extra_columns = list(dict.fromkeys(k for r in records for k in r.extra))
+    header = ["file", *space.names] + (["subject"] if has_subject else []) + list(extra_columns)
+    if has_soft:
+        header += space.soft_columns()
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    for r in records:
+        row = [r.file, *[r.labels[n] for n in space.names]]
+        if has_subject:
+            row.append(r.subject or "")
+        row += [r.extra.get(k, "") for k in extra_columns]
+        if has_soft:
+            vec = r.soft if r.soft is not None else space.encode(r.labels)
+            row += [f"{v:.6g}" for v in vec]
+        w.writerow(row)
+    atomic_write_text(path, buf.getvalue())
+
+
+# ----------------------------------------------------------------------------------------
+# Torch side
+
+
+def _is_power_of_two(n: int) -> bool:
+    return n >= 1 and (n & (n - 1)) == 0
+
+
+def _to_uint8_chw(img: Image.Image, resolution: int | None) -> np.ndarray:
+    if resolution is not None and img.size != (resolution, resolution):
+        w, h = img.size
+        if w != h:  # centre-crop to a square before resizing, so faces keep their aspect
+            s = min(w, h)
+            img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+        img = img.resize((resolution, resolution), Image.LANCZOS)
+    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
+
+
+class TorchImageDataset:
+    """(image in [-1, 1] as float32 [3, R, R], label float32 [c_dim]) pairs.
+
+    With ``xflip`` the dataset is twice as long: indices >= N are the mirrored images.
+    ``cache`` keeps decoded uint8 images in memory (small datasets, many epochs).
+    """
+
+    def __init__(self, imageset: ImageSet, resolution: int | None = None, xflip: bool = False, cache: bool = True):
+        import torch  # noqa: F401  (torch is imported lazily so `synth data check` stays fast)
+
+        if resolution is not None and (not _is_power_of_two(resolution) or resolution < 4):
+            raise DatasetError(f"--resolution {resolution}: must be a power of two >= 4")
+        self.imageset = imageset
+        self.resolution = resolution
+        self.xflip = xflip
+        self.cache = cache
+        self._cache: dict[int, np.ndarray] = {}
+        self._labels = imageset.label_matrix()
+        if resolution is None and len(imageset):
+            first = _to_uint8_chw(imageset.load_image(0), None)
+            self.resolution = first.shape[-1]
+
+    def __len__(self) -> int:
+        return len(self.imageset) * (2 if self.xflip else 1)
+
+    def raw_image(self, i: int) -> np.ndarray:
+        """uint8 [3, R, R] of record i (no flip)."""
+        if i in self._cache:
+            return self._cache[i]
+        arr = _to_uint8_chw(self.imageset.load_image(i), self.resolution)
+        if arr.shape[1:] != (self.resolution, self.resolution):
+            raise DatasetError(
+                f"{self.imageset.path_of(i)}: image is {arr.shape[2]}x{arr.shape[1]}, expected {self.resolution}x{self.resolution}"
+            )
+        if self.cache:
+            self._cache[i] = arr
+        return arr
+
+    def __getitem__(self, idx: int):
+        import torch
+
+        n = len(self.imageset)
+        i, flip = (idx - n, True) if idx >= n else (idx, False)
+        arr = self.raw_image(i)
+        if flip:
+            arr = arr[:, :, ::-1]
+        img = torch.from_numpy(np.ascontiguousarray(arr)).float().div_(127.5).sub_(1.0)
+        return img, torch.from_numpy(self._labels[i])
+
+    @property
+    def c_dim(self) -> int:
+        return self.imageset.space.c_dim
+
+    def label_for(self, idx: int) -> np.ndarray:
+        return self._labels[idx % len(self.imageset)]
+
+
+def balanced_weights(
+    imageset: ImageSet,
+    factors: Sequence[str] | None = None,
+    affected_fraction: float | None = None,
+) -> np.ndarray:
+    """Per-sample sampling weights (sum 1) that give every non-empty cell equal mass.
+
+    With ``affected_fraction`` the total mass of affected images (those not at the space's
+    control level) is fixed to that fraction, the rest going to unaffected images; within each
+    side cells are balanced.  This reproduces the study's batches balanced between affected
+    and unaffected faces.
+    """
+    n = len(imageset)
+    if n == 0:
+        raise DatasetError(f"{imageset.root}: no images to sample from")
+    cells = [imageset.cell_of(i, factors) for i in range(n)]
+    uniq, inverse, counts = np.unique(np.array(["\x1f".join(c) for c in cells]), return_inverse=True, return_counts=True)
+    w = 1.0 / counts[inverse].astype(np.float64)
+    if affected_fraction is not None:
+        if not 0.0 < affected_fraction < 1.0:
+            raise DatasetError(f"--affected-fraction {affected_fraction}: must be between 0 and 1")
+        aff = imageset.is_affected()
+        if imageset.space.control_of() is None:
+            raise DatasetError("--affected-fraction needs a factor with a control level (e.g. disease=unaffected)")
+        if aff.all() or not aff.any():
+            raise DatasetError("--affected-fraction needs both affected and unaffected images")
+        w[aff] *= affected_fraction / w[aff].sum()
+        w[~aff] *= (1.0 - affected_fraction) / w[~aff].sum()
+    return w / w.sum()
+
+
+class BalancedSampler:
+    """Seeded sampler of dataset indices with :func:`balanced_weights` (with replacement).
+
+    ``num_samples=None`` samples forever (GAN training); ``xflip`` maps half the draws to the
+    mirrored copies of a :class:`TorchImageDataset` with ``xflip=True``.
+    """
+
+    def __init__(
+        self,
+        imageset: ImageSet,
+        factors: Sequence[str] | None = None,
+        affected_fraction: float | None = None,
+        num_samples: int | None = None,
+        seed: int = 0,
+        xflip: bool = False,
+        balance: bool = True,
+    ):
+        n = len(imageset)
+        self.weights = balanced_weights(imageset, factors, affected_fraction) if balance else np.full(n, 1.0 / n)
+        self.num_samples = num_samples
+        self.seed = seed
+        self.xflip = xflip
+        self.n = n
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        if self.num_samples is None:
+            raise TypeError("infinite sampler has no length")
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        produced = 0
+        chunk = 4096
+        while self.num_samples is None or produced < self.num_samples:
+            k = chunk if self.num_samples is None else min(chunk, self.num_samples - produced)
+            idx = rng.choice(self.n, size=k, p=self.weights)
+            if self.xflip:
+                idx = idx + self.n * rng.integers(0, 2, size=k)
+            for i in idx:
+                yield int(i)
+            produced += k

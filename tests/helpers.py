@@ -1,0 +1,53 @@
+"""Small builders shared by tests: labelled datasets written on the fly."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+
+def write_tiny_dataset(
+    root: Path,
+    rows: list[dict[str, str]],
+    size: int = 16,
+    seed: int = 0,
+    schema: str | None = None,
+    mode: str = "RGB",
+) -> Path:
+    """Write PNGs (random colours that depend on the row) and a labels.csv."""
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    header: list[str] = []
+    for r in rows:
+        for k in r:
+            if k not in header:
+                header.append(k)
+    for r in rows:
+        arr = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+        img = Image.fromarray(arr)
+        if mode != "RGB":
+            img = img.convert(mode)
+        path = root / r["file"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        img.save(path)
+    with open(root / "labels.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=header)
+        w.writeheader()
+        w.writerows(rows)
+    if schema is not None:
+        (root / "conditions.yaml").write_text(schema)
+    return root
+
+
+def grid_rows(diseases, ages, per_cell: int, subjects_per_image: int = 1) -> list[dict[str, str]]:
+    rows = []
+    k = 0
+    for d in diseases:
+        for a in ages:
+            for j in range(per_cell):
+                rows.append({"file": f"img/{k:04d}.png", "disease": d, "age": a, "subject": f"s{k // subjects_per_image:04d}"})
+                k += 1
+    return rows
