@@ -20,13 +20,21 @@ def main() -> None:
       synth data align IN OUT        FFHQ-style face alignment with dlib landmarks
       synth train --cond disease,age train a conditional StyleGAN2-ADA (factored embedding)
       synth classify cv --data DIR   cross-validated EfficientNet classifiers and metrics
+      synth generate --type TYPE     synthetic images of each published type, with a manifest
+      synth morph --from A --to B    age/stage progression of one identity (strip, GIF, MP4)
+      synth mix / synth teach        style-mixing grids; teaching galleries and quizzes
     """
 
 
 def _register() -> None:
     from synth.data.cli import data
+    from synth.synthesis.cli import COMMANDS as synthesis_commands
+    from synth.training.augment import augment_preview
 
     main.add_command(data)
+    main.add_command(augment_preview)
+    for cmd in synthesis_commands:
+        main.add_command(cmd)
 
 
 _register()

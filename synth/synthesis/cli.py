@@ -1,0 +1,309 @@
+"""Command line: ``synth generate``, ``synth morph``, ``synth mix`` and ``synth teach``."""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import click
+
+__all__ = ["generate", "morph", "mix", "teach", "COMMANDS"]
+
+_TYPES = ["unrelated", "age_related", "age_progression", "blended", "style_mixed", "all"]
+
+
+def _one_line_errors(fn):
+    """Project errors become ``Error: <one line>`` with exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from synth.conditions import ConditionError
+        from synth.data.dataset import DatasetError
+        from synth.synthesis.errors import SynthesisError
+        from synth.training.checkpoint import CheckpointError
+
+        try:
+            return fn(*args, **kwargs)
+        except (SynthesisError, ConditionError, DatasetError, CheckpointError) as e:
+            raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+
+    return wrapper
+
+
+def _common(fn):
+    """Options every rendering command shares."""
+    for deco in reversed([
+        click.option("--network", "network", type=click.Path(path_type=Path), default=None,
+                     help="Generator checkpoint (.ckpt). Default: newest runs/*/ snapshot, else checkpoints/demo-faces.ckpt."),
+        click.option("--noise-mode", type=click.Choice(["const", "random", "none"]), default="const", show_default=True,
+                     help="Per-pixel noise inputs: fixed buffers, fresh (seeded) noise, or off."),
+        click.option("--batch", type=click.IntRange(min=1), default=16, show_default=True, help="Images per forward pass."),
+        click.option("--device", default="cpu", show_default=True, help="Torch device, e.g. cpu or cuda."),
+        click.option("--mean-w-samples", type=click.IntRange(min=1), default=2000, show_default=True,
+                     help="z samples per label for the per-condition average w used by truncation."),
+        click.option("--force", is_flag=True, help="Write into a non-empty --out folder (files are overwritten)."),
+        click.option("--quiet", is_flag=True, help="No progress bars."),
+    ]):
+        fn = deco(fn)
+    return fn
+
+
+def _renderer(network, device, psi, noise_mode, batch, mean_w_samples):
+    from synth.synthesis.engine import Renderer
+    from synth.synthesis.network import open_generator
+
+    G, space, meta, path = open_generator(network, device=device)
+    return Renderer(G, psi=psi, noise_mode=noise_mode, batch=batch, device=device, mean_w_samples=mean_w_samples), space, meta, path
+
+
+def _default_factor(space, factor: str | None) -> str:
+    if factor is not None:
+        return factor
+    if "age" in space.names:
+        return "age"
+    ordinal = [f.name for f in space.factors if f.ordinal]
+    if ordinal:
+        return ordinal[0]
+    if len(space.names) == 1:
+        return space.names[0]
+    raise click.ClickException(f"--factor: the model has no ordinal factor; name one of {', '.join(space.names)}")
+
+
+def _optional_age_factor(space, factor: str | None) -> str | None:
+    """--factor, else age, else the first ordinal factor, else None (no age role)."""
+    if factor is not None or "age" in space.names:
+        return factor or "age"
+    return next((f.name for f in space.factors if f.ordinal), None)
+
+
+# ----------------------------------------------------------------------------------------
+
+
+def _counts(space, roles, exclude, per_cell, data, meta):
+    from synth.data.dataset import open_dataset
+    from synth.synthesis.counts import counts_from_meta, study_counts, uniform_counts
+
+    if per_cell is not None:
+        return uniform_counts(space, per_cell, exclude), f"--per-cell {per_cell}"
+    if data is not None:
+        ims = open_dataset(data, cond=list(space.names), space=space)
+        return study_counts(space, ims.cell_counts(), roles, exclude), f"study rule on {data}"
+    stored = counts_from_meta(meta, space)
+    if stored is not None:
+        return study_counts(space, stored, roles, exclude), "study rule on counts stored in the checkpoint"
+    opt_data = (meta.get("options") or {}).get("data") if isinstance(meta.get("options"), dict) else None
+    if opt_data and Path(opt_data).exists():
+        ims = open_dataset(opt_data, cond=list(space.names), space=space)
+        return study_counts(space, ims.cell_counts(), roles, exclude), f"study rule on {opt_data} (training data of the checkpoint)"
+    raise click.UsageError("give --data DIR (training data for the count rule) or --per-cell N: the checkpoint does not record its training counts")
+
+
+@click.command("generate")
+@click.option("--type", "ptype", type=click.Choice(_TYPES), required=True, help="Image product (Study 1 types), or all.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder (becomes a dataset: labels.csv).")
+@click.option("--data", type=click.Path(path_type=Path), default=None, help="Training dataset whose cell counts drive the count rule.")
+@click.option("--per-cell", type=int, default=None, help="Fixed count per kept cell instead of the study's count rule.")
+@click.option("--factor", default=None, help="The ordinal 'age' factor (default age; the skin model uses stage).")
+@click.option("--steps", type=int, default=5, show_default=True, help="age_progression: images per identity (1, .75, ..., 0 mixes).")
+@click.option("--from", "age_from", default=None, help="age_progression start level (default: first level).")
+@click.option("--to", "age_to", default=None, help="age_progression end level (default: last level).")
+@click.option("--mix", "mixes", type=float, multiple=True, help="blended: weight of the first disease (repeatable) [default: 0.55].")
+@click.option("--styles", default=None, help="style_mixed: layers from the first image, e.g. 0-6 (default: first half of the w layers).")
+@click.option("--truncation", "psi", type=float, default=0.6, show_default=True, help="psi toward the per-condition average w (1 = none).")
+@click.option("--seeds", default=None, help="Seeds to draw z from, e.g. 0-999 or 1,5,9 (default: consecutive from --seed).")
+@click.option("--seed", type=int, default=0, show_default=True, help="First seed when --seeds is not given.")
+@click.option("--exclude-level", "exclude", multiple=True, help="FACTOR=LEVEL to skip (repeatable; 'none' keeps all) [default: the control level].")
+@_common
+@_one_line_errors
+def generate(ptype, out, data, per_cell, factor, steps, age_from, age_to, mixes, styles, psi, seeds, seed, exclude,
+             network, noise_mode, batch, device, mean_w_samples, force, quiet):
+    """Generate synthetic training images (Study 1 products) as a dataset folder.
+
+    \b
+    Types:
+      unrelated        fresh z per image for every kept (disease, age) cell
+      age_related      one z per identity rendered at every age level
+      age_progression  one z, age label moved from --from to --to in --steps steps
+      blended          one z, disease label c*d1 + (1-c)*d2 for ordered pairs (--mix c)
+      style_mixed      coarse/middle layers from one z, fine layers from another
+    Counts follow the study: per (d, a) the mean count over d's age groups in --data
+    (rare ages get more); each type totals about the affected training images.
+    Output: PNGs, labels.csv (= manifest.csv), conditions.yaml, generation.json.
+    """
+    from synth.synthesis.counts import parse_exclusions, resolve_roles
+    from synth.synthesis.generate import generate_products
+    from synth.synthesis.labels import SeedStream, parse_layers, parse_seeds
+    from synth.synthesis.manifest import prepare_out_dir
+
+    if steps < 2:
+        raise click.UsageError(f"--steps {steps}: need at least 2")
+    seed_list = parse_seeds(seeds) if seeds is not None else None
+    rend, space, meta, net = _renderer(network, device, psi, noise_mode, batch, mean_w_samples)
+    fac = _optional_age_factor(space, factor)
+    roles = resolve_roles(space, fac)
+    excl = parse_exclusions(list(exclude) if exclude else None, space)
+    counts, how = _counts(space, roles, excl, per_cell, data, meta)
+    layers = parse_layers(styles, rend.num_ws) if styles is not None else None
+    out = prepare_out_dir(out, force)
+    rows = generate_products(
+        rend.G, space, ptype, counts, SeedStream(seed_list, seed), psi, out, age_factor=fac, steps=steps,
+        age_from=age_from, age_to=age_to, mixes=tuple(mixes) or (0.55,), style_layers=layers, progress=not quiet,
+        renderer=rend, settings={"network": str(net), "counts_from": how, "exclude": {k: sorted(v) for k, v in excl.items()}},
+    )
+    made = sorted({r.values["type"] for r in rows}, key=_TYPES.index)
+    click.echo(f"wrote {len(rows)} images ({', '.join(made)}) to {out} ({how}); inspect with: synth data check {out}")
+
+
+# ----------------------------------------------------------------------------------------
+
+
+@click.command("morph")
+@click.option("--from", "start", default=None, help="Start level (default: first level of --factor).")
+@click.option("--to", "end", default=None, help="End level (default: last level).")
+@click.option("--factor", default=None, help="Factor to morph (default: age, else the first ordinal factor).")
+@click.option("--disease", default=None, help="Level of the other factor, held fixed (default: its first non-control level).")
+@click.option("--steps", type=int, default=5, show_default=True, help="Labelled keyframes in the strip (>= 2).")
+@click.option("--seeds", default="0-3", show_default=True, help="Identities, e.g. 0-7 or 1,5,9.")
+@click.option("--frames", type=int, default=60, show_default=True, help="Frames of the GIF/MP4 animation (eased in/out).")
+@click.option("--fps", type=float, default=20.0, show_default=True, help="Animation frame rate.")
+@click.option("--no-video", is_flag=True, help="Strips and contact sheet only.")
+@click.option("--truncation", "psi", type=float, default=0.7, show_default=True, help="psi toward the per-condition average w.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
+@_common
+@_one_line_errors
+def morph(start, end, factor, disease, steps, seeds, frames, fps, no_video, psi, out,
+          network, noise_mode, batch, device, mean_w_samples, force, quiet):
+    """Morph one identity from one level to another (e.g. infant to older adult).
+
+    Per seed: a labelled keyframe strip (morph_sSEED.png), an animated GIF and MP4; plus
+    contact_sheet.png of all seeds.  End frames are exactly the pure-condition images.
+    """
+    from synth.synthesis.labels import parse_seeds
+    from synth.synthesis.manifest import prepare_out_dir
+    from synth.synthesis.morph import resolve_morph, write_morphs
+
+    if steps < 2:
+        raise click.UsageError(f"--steps {steps}: need at least 2")
+    if not no_video and frames < 2:
+        raise click.UsageError(f"--frames {frames}: need at least 2 (or --no-video)")
+    if fps <= 0:
+        raise click.UsageError(f"--fps {fps}: must be positive")
+    seed_list = parse_seeds(seeds)
+    rend, space, _, _ = _renderer(network, device, psi, noise_mode, batch, mean_w_samples)
+    spec = resolve_morph(space, _default_factor(space, factor), start, end, disease)
+    out = prepare_out_dir(out, force)
+    write_morphs(rend, space, spec, seed_list, out, steps=steps, frames=frames, fps=fps, video=not no_video, progress=not quiet)
+    click.echo(f"wrote {len(seed_list)} morph(s) {spec.start} -> {spec.end} to {out}")
+
+
+# ----------------------------------------------------------------------------------------
+
+
+@click.command("mix")
+@click.option("--rows", default="0-3", show_default=True, help="Row source seeds (give the --styles layers).")
+@click.option("--cols", default="10-13", show_default=True, help="Column source seeds (give every other layer).")
+@click.option("--styles", default=None, help="Layers taken from the row source, e.g. 0-6 (default: coarse+middle half).")
+@click.option("--cond", default=None, help="Condition of every image, e.g. disease=syndrome_a,age=child (factors left out: first affected cell).")
+@click.option("--truncation", "psi", type=float, default=0.7, show_default=True, help="psi toward the per-condition average w.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder (mix.png).")
+@click.option("--save-individual", is_flag=True, help="Also save every source and cell as its own PNG.")
+@_common
+@_one_line_errors
+def mix(rows, cols, styles, cond, psi, out, save_individual, network, noise_mode, batch, device, mean_w_samples, force, quiet):
+    """Style-mixing grid: first row = column sources, first column = row sources; each cell
+    takes the --styles layers (coarse/middle: shape) from its row and the fine (colour) layers
+    from its column."""
+    from synth.conditions import parse_cond_assignments
+    from synth.synthesis.labels import default_style_layers, parse_layers, parse_seeds
+    from synth.synthesis.manifest import prepare_out_dir
+    from synth.synthesis.mix import style_mix_grid, write_mix_grid
+
+    row_seeds, col_seeds = parse_seeds(rows), parse_seeds(cols)
+    rend, space, _, _ = _renderer(network, device, psi, noise_mode, batch, mean_w_samples)
+    layers = parse_layers(styles, rend.num_ws) if styles is not None else default_style_layers(rend.num_ws)
+    cell = next((c for c in space.cells() if space.is_affected(dict(zip(space.names, c)))), space.cells()[0])
+    labels = dict(zip(space.names, cell))
+    if cond is not None:
+        # factors left out of --cond keep the default cell's level
+        labels = space.check_labels({**labels, **parse_cond_assignments(cond)})
+    out = prepare_out_dir(out, force)
+    grid = style_mix_grid(rend, space.encode(labels), row_seeds, col_seeds, layers)
+    path = write_mix_grid(grid, out, " / ".join(labels[n] for n in space.names), save_individual)
+    click.echo(f"wrote {path}")
+
+
+# ----------------------------------------------------------------------------------------
+
+
+class _DefaultMakeGroup(click.Group):
+    """``synth teach --per-cell 2 ...`` means ``synth teach make --per-cell 2 ...``."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["make", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group("teach", cls=_DefaultMakeGroup)
+def teach():
+    """Teaching sets for clinicians: labelled gallery + morph strips, and a scored quiz.
+
+    \b
+      synth teach make --per-cell 4 --out teach/ --quiz
+      synth teach score answers.csv --key teach/answer_key.csv --out report.json
+    """
+
+
+@teach.command("make")
+@click.option("--per-cell", type=click.IntRange(min=1), required=True, help="Gallery images per condition cell.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder (index.html).")
+@click.option("--quiz", is_flag=True, help="Also write shuffled unlabelled quiz images, quiz.html and answer_key.csv.")
+@click.option("--quiz-per-cell", type=click.IntRange(min=1), default=None, help="Quiz images per cell (default: --per-cell).")
+@click.option("--seed", type=int, default=0, show_default=True, help="First seed; also shuffles the quiz.")
+@click.option("--factor", default=None, help="Ordinal factor of the morph strips (default: age, else the first ordinal factor).")
+@click.option("--steps", type=int, default=5, show_default=True, help="Keyframes per morph strip.")
+@click.option("--exclude-level", "exclude", multiple=True, help="FACTOR=LEVEL to leave out (repeatable).")
+@click.option("--truncation", "psi", type=float, default=0.7, show_default=True, help="psi toward the per-condition average w.")
+@_common
+@_one_line_errors
+def teach_make(per_cell, out, quiz, quiz_per_cell, seed, factor, steps, exclude, psi,
+               network, noise_mode, batch, device, mean_w_samples, force, quiet):
+    """Write a teaching gallery (index.html), morph strips and optionally a quiz."""
+    from synth.synthesis.counts import parse_exclusions
+    from synth.synthesis.manifest import prepare_out_dir
+    from synth.synthesis.teach import make_teaching_set
+
+    if steps < 2:
+        raise click.UsageError(f"--steps {steps}: need at least 2")
+    rend, space, _, _ = _renderer(network, device, psi, noise_mode, batch, mean_w_samples)
+    fac = _optional_age_factor(space, factor)
+    excl = parse_exclusions(list(exclude), space) if exclude else {}
+    out = prepare_out_dir(out, force)
+    res = make_teaching_set(rend, space, out, per_cell, seed=seed, quiz=quiz, quiz_per_cell=quiz_per_cell,
+                            age_factor=fac, steps=steps, exclude=excl, progress=not quiet)
+    click.echo(f"wrote {out / 'index.html'}" + (f" and a {len(res.quiz)}-image quiz ({out / 'quiz.html'})" if quiz else ""))
+
+
+@teach.command("score")
+@click.argument("answers", type=click.Path(path_type=Path))
+@click.option("--key", type=click.Path(path_type=Path), required=True, help="answer_key.csv written by `teach make --quiz`.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the full report as JSON.")
+@_one_line_errors
+def teach_score(answers, key, out):
+    """Score a filled-in answer sheet (CSV: number + one column per factor)."""
+    from synth.synthesis.teach import score_quiz, write_report
+
+    rep = score_quiz(answers, key)
+    click.echo(f"overall {rep['correct']}/{rep['items']} = {rep['accuracy']:.1%} (answered {rep['answered']})")
+    for f, d in rep["per_factor"].items():
+        click.echo(f"  {f}: {d['correct']}/{d['total']} = {d['accuracy']:.1%}")
+    for c, d in rep["per_cell"].items():
+        click.echo(f"  {c}: {d['correct']}/{d['total']} = {d['accuracy']:.1%}")
+    if rep["missing"]:
+        shown = ", ".join(map(str, rep["missing"][:20])) + (" ..." if len(rep["missing"]) > 20 else "")
+        click.echo(f"  missing answers (counted wrong): {shown}")
+    if out is not None:
+        write_report(rep, out)
+        click.echo(f"wrote {out}")
+
+
+COMMANDS = (generate, morph, mix, teach)

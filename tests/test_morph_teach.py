@@ -1,0 +1,289 @@
+"""Morphs, style-mixing grids, renders (GIF/MP4) and teaching sets with quiz scoring."""
+from __future__ import annotations
+
+import csv
+import json
+import re
+
+import click
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from synth.conditions import ConditionSpace
+from synth.synthesis.errors import SynthesisError
+
+SPACE = ConditionSpace.default(["disease", "age"], embed_total=32)
+SKIN = ConditionSpace.from_levels({"stage": ["early", "intermediate", "late"]}, embed_total=16,
+                                  ties={"stage": {"intermediate": ["early", "late"]}})
+
+
+def assert_close(a, b):
+    # plain torch.allclose: importing torch.testing costs seconds on a loaded machine
+    assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5, rtol=1e-5), (a - b).abs().max()
+
+
+def tiny_generator(space: ConditionSpace, seed: int = 0):
+    from synth.networks import Generator
+
+    torch.manual_seed(seed)
+    G = Generator(z_dim=16, w_dim=16, space=space, img_resolution=16, mapping_kwargs={"num_layers": 1},
+                  synthesis_kwargs={"channel_base": 256, "channel_max": 16})
+    with torch.no_grad():  # non-zero noise so "const" noise matters for exactness
+        for name, p in G.named_parameters():
+            if name.endswith("noise_strength"):
+                p.fill_(0.3)
+    return G.eval()
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    from synth.training.checkpoint import save_checkpoint
+
+    d = tmp_path_factory.mktemp("ckpt")
+    save_checkpoint(d / "faces.ckpt", {"G_ema": tiny_generator(SPACE), "space": SPACE})
+    save_checkpoint(d / "skin.ckpt", {"G_ema": tiny_generator(SKIN, 1), "space": SKIN})
+    return d
+
+
+def run(args):
+    from synth.synthesis.cli import COMMANDS
+
+    @click.group()
+    def main():
+        pass
+
+    for c in COMMANDS:
+        main.add_command(c)
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def renderer(G, psi=0.7):
+    from synth.synthesis.engine import Renderer
+
+    return Renderer(G, psi=psi, noise_mode="const", mean_w_samples=64, batch=4)
+
+
+# ----------------------------------------------------------------------------------------
+# Morph
+
+
+def test_morph_end_frames_equal_pure_condition_images():
+    from synth.synthesis.morph import render_morph, resolve_morph
+
+    G = tiny_generator(SPACE)
+    rend = renderer(G)
+    spec = resolve_morph(SPACE, "age", "infant", "older_adult", "syndrome_b")
+    keys, anim = render_morph(rend, SPACE, spec, seed=11, steps=5, frames=7)
+    assert keys.shape == (5, 16, 16, 3) and anim.shape == (7, 16, 16, 3)
+    pure_a = renderer(G).images([11], SPACE.encode({"disease": "syndrome_b", "age": "infant"})[None])[0]
+    pure_b = renderer(G).images([11], SPACE.encode({"disease": "syndrome_b", "age": "older_adult"})[None])[0]
+    for first, last in ((keys[0], keys[-1]), (anim[0], anim[-1])):
+        assert np.array_equal(first, pure_a) and np.array_equal(last, pure_b)
+    assert not np.array_equal(keys[2], pure_a) and not np.array_equal(keys[2], pure_b)
+    # ease in/out: the animation moves slowly at the ends, fast in the middle
+    d = [np.abs(anim[i + 1].astype(int) - anim[i].astype(int)).sum() for i in range(6)]
+    assert d[0] < d[3] and d[-1] < d[3]
+
+
+def test_morph_spec_errors():
+    from synth.synthesis.morph import resolve_morph
+
+    with pytest.raises(SynthesisError, match="--from"):
+        resolve_morph(SPACE, "age", "baby", "child")
+    with pytest.raises(SynthesisError, match="both"):
+        resolve_morph(SPACE, "age", "child", "child")
+    with pytest.raises(SynthesisError, match="--disease"):
+        resolve_morph(SPACE, "age", None, None, "flu")
+    spec = resolve_morph(SPACE, "age", None, None)
+    assert (spec.start, spec.end, spec.fixed) == ("infant", "older_adult", {"disease": "syndrome_a"})
+
+
+def test_cli_morph_writes_strip_gif_mp4_and_sheet(tmp_path, ckpts):
+    import imageio.v3 as iio
+    import imageio_ffmpeg
+
+    out = tmp_path / "m"
+    r = run(["morph", "--network", ckpts / "faces.ckpt", "--from", "infant", "--to", "older_adult", "--disease", "syndrome_a",
+             "--seeds", "0-1", "--frames", "6", "--steps", "3", "--out", out, "--quiet", "--mean-w-samples", "32"])
+    assert r.exit_code == 0, r.output
+    for s in (0, 1):
+        gif = iio.imread(out / f"morph_s{s}.gif", index=None)
+        assert gif.shape[0] == 6
+        n, _ = imageio_ffmpeg.count_frames_and_secs(str(out / f"morph_s{s}.mp4"))
+        assert n == 6
+        assert (out / f"morph_s{s}.png").stat().st_size > 0
+    info = json.loads((out / "morph.json").read_text())
+    assert info["steps"] == 3 and [e["frames"] for e in info["seeds"]] == [6, 6]
+    assert (out / "contact_sheet.png").exists()
+    assert not list(out.glob(".*"))  # no temporary files left
+
+
+def test_cli_morph_one_factor_skin_space(tmp_path, ckpts):
+    out = tmp_path / "skin"
+    r = run(["morph", "--network", ckpts / "skin.ckpt", "--factor", "stage", "--from", "early", "--to", "late",
+             "--seeds", "3", "--no-video", "--out", out, "--quiet", "--mean-w-samples", "32"])
+    assert r.exit_code == 0, r.output
+    assert (out / "morph_s3.png").exists() and not (out / "morph_s3.gif").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--from", "baby"], "--from"),
+        (["--from", "child", "--to", "child"], "--from and --to"),
+        (["--steps", "1"], "--steps"),
+        (["--factor", "height"], "height"),
+        (["--seeds", "1-x"], "--seeds"),
+    ],
+)
+def test_cli_morph_bad_arguments(tmp_path, ckpts, extra, message):
+    r = run(["morph", "--network", ckpts / "faces.ckpt", "--out", tmp_path / "o", "--quiet", *extra])
+    assert r.exit_code != 0
+    lines = [ln for ln in r.output.strip().splitlines() if ln.startswith("Error")]
+    assert len(lines) == 1 and message in lines[0], r.output
+
+
+def test_cli_morph_missing_checkpoint(tmp_path):
+    r = run(["morph", "--network", tmp_path / "missing.ckpt", "--out", tmp_path / "o"])
+    assert r.exit_code != 0 and "not found" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------------------
+# Style mixing grid
+
+
+def test_mix_grid_cells_take_row_layers_and_column_rest(tmp_path):
+    from synth.synthesis.mix import style_mix_grid, write_mix_grid
+
+    G = tiny_generator(SPACE)
+    rend = renderer(G)
+    fed = []
+    h = G.synthesis.register_forward_pre_hook(lambda mod, args: fed.append(args[0].detach().clone()))
+    lab = SPACE.encode({"disease": "syndrome_a", "age": "child"})
+    try:
+        grid = style_mix_grid(rend, lab, [0, 1], [10, 11, 12], [0, 1, 2])
+    finally:
+        h.remove()
+    assert grid.cells.shape == (2, 3, 16, 16, 3)
+    ws_r = rend.ws([0, 1], np.stack([lab] * 2))
+    ws_c = rend.ws([10, 11, 12], np.stack([lab] * 3))
+    cells_ws = torch.cat(fed[2:])  # after the row and column sources
+    for r in range(2):
+        for c in range(3):
+            w = cells_ws[r * 3 + c]
+            assert_close(w[:3], ws_r[r, :3])
+            assert_close(w[3:], ws_c[c, 3:])
+    path = write_mix_grid(grid, tmp_path, "syndrome_a / child", save_individual=True)
+    assert path.exists() and len(list((tmp_path / "individual").glob("mix_r*_c*.png"))) == 6
+
+
+def test_cli_mix(tmp_path, ckpts):
+    from PIL import Image
+
+    r = run(["mix", "--network", ckpts / "faces.ckpt", "--rows", "0-1", "--cols", "5-7", "--styles", "0-2",
+             "--cond", "disease=syndrome_b,age=child", "--out", tmp_path / "mix", "--mean-w-samples", "32"])
+    assert r.exit_code == 0, r.output
+    assert Image.open(tmp_path / "mix" / "mix.png").size[0] > 4 * 128
+    r = run(["mix", "--network", ckpts / "faces.ckpt", "--cond", "disease=flu", "--out", tmp_path / "mix2"])
+    assert r.exit_code != 0 and "flu" in r.output
+
+
+# ----------------------------------------------------------------------------------------
+# Teaching sets
+
+
+def _srcs(html_text):
+    return re.findall(r'<img src="([^"]+)"', html_text)
+
+
+def test_teaching_set_gallery_and_quiz(tmp_path):
+    from synth.synthesis.teach import make_teaching_set
+
+    rend = renderer(tiny_generator(SPACE))
+    res = make_teaching_set(rend, SPACE, tmp_path, per_cell=1, seed=3, quiz=True, quiz_per_cell=1, steps=3, progress=False,
+                            exclude={"age": {"adolescent", "young_adult"}})
+    index = (tmp_path / "index.html").read_text()
+    srcs = _srcs(index)
+    assert len(srcs) == 4 * 3 + 4  # one per kept cell + one morph strip per disease
+    assert all((tmp_path / s).is_file() for s in srcs)
+    assert "<style>" in index and "http" not in index
+    heads = re.findall(r"<th>([a-z_]+)</th>", index)
+    assert heads[:3] == ["infant", "child", "older_adult"]  # level order, not alphabetical
+    assert heads[3:7] == list(SPACE.factor("disease").levels)
+    quiz = (tmp_path / "quiz.html").read_text()
+    qsrcs = _srcs(quiz)
+    assert qsrcs == [f"quiz/{i:03d}.png" for i in range(1, 13)] and all((tmp_path / s).is_file() for s in qsrcs)
+    for lv in ("syndrome_a", "older_adult"):  # quiz pages show no labels next to images
+        assert lv not in re.sub(r"<ul>.*</ul>", "", quiz, flags=re.S)
+    with open(tmp_path / "answer_key.csv") as f:
+        key = list(csv.DictReader(f))
+    assert [int(r["number"]) for r in key] == list(range(1, 13))
+    assert {(r["disease"], r["age"]) for r in key} == {(d, a) for d in SPACE.factor("disease").levels for a in ("infant", "child", "older_adult")}
+    assert [(r["disease"], r["age"]) for r in key] != sorted((r["disease"], r["age"]) for r in key)  # shuffled
+    # a quiz image is exactly the rendering of its key's label and seed
+    r0 = key[0]
+    img = rend.images([int(r0["seed"])], SPACE.encode({"disease": r0["disease"], "age": r0["age"]})[None])[0]
+    from PIL import Image
+
+    assert np.array_equal(np.asarray(Image.open(tmp_path / r0["file"]).convert("RGB")), img)
+    assert len(res.quiz) == 12
+
+
+def write_csv(path, header, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def test_quiz_scoring_on_a_hand_made_sheet(tmp_path):
+    from synth.synthesis.teach import score_quiz
+
+    key = write_csv(tmp_path / "key.csv", ["number", "file", "disease", "age"], [
+        [1, "quiz/001.png", "syndrome_a", "child"],
+        [2, "quiz/002.png", "syndrome_a", "child"],
+        [3, "quiz/003.png", "syndrome_b", "infant"],
+        [4, "quiz/004.png", "unaffected", "infant"],
+    ])
+    ans = write_csv(tmp_path / "ans.csv", ["number", "disease", "age"], [
+        [2, "Syndrome A", "child"],  # right (case/space tolerant)
+        [1, "syndrome_b", "child"],  # disease wrong, age right
+        [3, "syndrome_b", ""],  # age missing
+    ])  # 4 missing entirely
+    rep = score_quiz(ans, key)
+    assert rep["items"] == 4 and rep["correct"] == 1 and rep["accuracy"] == 0.25
+    assert rep["missing"] == [3, 4] and rep["answered"] == 2
+    assert rep["per_factor"]["disease"] == {"correct": 2, "total": 4, "accuracy": 0.5}
+    assert rep["per_factor"]["age"] == {"correct": 2, "total": 4, "accuracy": 0.5}
+    assert rep["per_cell"]["syndrome_a/child"] == {"correct": 1, "total": 2, "accuracy": 0.5}
+    assert rep["per_cell"]["syndrome_b/infant"]["correct"] == 0
+
+    r = run(["teach", "score", ans, "--key", key, "--out", tmp_path / "rep.json"])
+    assert r.exit_code == 0 and "1/4" in r.output and "missing" in r.output
+    assert json.loads((tmp_path / "rep.json").read_text())["per_factor"]["disease"]["correct"] == 2
+
+    bad = write_csv(tmp_path / "bad.csv", ["number", "disease", "age"], [[9, "syndrome_a", "child"]])
+    r = run(["teach", "score", bad, "--key", key])
+    assert r.exit_code != 0 and "9" in r.output and len(r.output.strip().splitlines()) == 1
+    nocol = write_csv(tmp_path / "nocol.csv", ["number", "disease"], [[1, "syndrome_a"]])
+    r = run(["teach", "score", nocol, "--key", key])
+    assert r.exit_code != 0 and "age" in r.output
+    r = run(["teach", "score", tmp_path / "none.csv", "--key", key])
+    assert r.exit_code != 0 and "not found" in r.output
+
+
+def test_cli_teach_default_subcommand(tmp_path, ckpts):
+    out = tmp_path / "t"
+    r = run(["teach", "--network", ckpts / "skin.ckpt", "--per-cell", "1", "--quiz", "--out", out, "--quiet", "--mean-w-samples", "16"])
+    assert r.exit_code == 0, r.output
+    assert all((out / s).is_file() for s in _srcs((out / "index.html").read_text()))
+    with open(out / "answer_key.csv") as f:
+        assert {r["stage"] for r in csv.DictReader(f)} == {"early", "intermediate", "late"}
+    with open(out / "answers_template.csv") as f:
+        assert next(csv.reader(f)) == ["number", "stage"]
+    r = run(["teach", "make", "--network", ckpts / "skin.ckpt", "--per-cell", "0", "--out", tmp_path / "t2"])
+    assert r.exit_code != 0 and "--per-cell" in r.output
