@@ -23,6 +23,7 @@ def main() -> None:
       synth generate --type TYPE     synthetic images of each published type, with a manifest
       synth morph --from A --to B    age/stage progression of one identity (strip, GIF, MP4)
       synth mix / synth teach        style-mixing grids; teaching galleries and quizzes
+      synth metrics                  condition fidelity, morph consistency, KID/FID, memorisation
     """
 
 
@@ -30,8 +31,14 @@ def _register() -> None:
     from synth.data.cli import data
     from synth.synthesis.cli import COMMANDS as synthesis_commands
     from synth.training.augment import augment_preview
+    from synth.training.cli import train
+    from classifiers.cli import classify
+    from synth.quality.cli import metrics
 
     main.add_command(data)
+    main.add_command(train)
+    main.add_command(classify)
+    main.add_command(metrics)
     main.add_command(augment_preview)
     for cmd in synthesis_commands:
         main.add_command(cmd)

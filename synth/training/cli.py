@@ -1,0 +1,279 @@
+"""``synth train``: train a conditional StyleGAN2-ADA on a labelled image folder."""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import fields
+from pathlib import Path
+
+import click
+
+from synth.conditions import ConditionError, parse_tie
+from synth.training.presets import PRESETS, resolve_preset
+
+__all__ = ["train", "resolve_options", "next_run_dir"]
+
+# CLI option name -> TrainingOptions field, for values a preset provides.
+_PRESET_FIELDS = {
+    "batch": "batch",
+    "gamma": "gamma",
+    "lr": "lr",
+    "kimg": "kimg",
+    "tick": "tick_kimg",
+    "snap": "snap",
+    "map_layers": "map_layers",
+    "channel_base": "channel_base",
+    "channel_max": "channel_max",
+    "ema_kimg": "ema_kimg",
+}
+
+
+def next_run_dir(out: Path, desc: str) -> Path:
+    """``out/NNNNN-desc`` with the next free number (numbers are never reused)."""
+    nums = [int(m.group(1)) for p in (out.iterdir() if out.is_dir() else []) if (m := re.match(r"^(\d+)-", p.name))]
+    return out / f"{(max(nums) + 1 if nums else 0):05d}-{desc}"
+
+
+def _native_resolution(imageset) -> int:
+    if len(imageset) == 0:
+        raise click.UsageError(f"--data {imageset.root}: dataset has no images")
+    w, h = imageset.load_image(0).size
+    res = min(w, h)
+    return 1 << (res.bit_length() - 1)  # largest power of two that fits
+
+
+def resolve_options(params: dict, given: set[str], imageset=None):
+    """TrainingOptions from a preset and the CLI values the user actually gave."""
+    from synth.training.training_loop import TrainingOptions
+
+    preset_name = params["preset"] or ("cpu" if params["device"] == "cpu" else "auto")
+    if params["resolution"] is not None:
+        res = params["resolution"]
+    elif preset_name == "cpu":
+        res = 32
+    elif imageset is not None:
+        res = _native_resolution(imageset)
+    else:
+        res = 64  # the built-in atlas
+    gpus = int(os.environ.get("WORLD_SIZE", 1))
+    try:
+        pre = resolve_preset(preset_name, res, gpus)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    o = TrainingOptions(
+        data=str(params["data"]) if params["data"] is not None else None,
+        cond=[c.strip() for c in params["cond"].split(",") if c.strip()],
+        ties=list(params["tie"]),
+        resolution=res,
+        preset=preset_name,
+        z_dim=pre.z_dim,
+        w_dim=pre.w_dim,
+        map_layers=pre.map_layers,
+        channel_base=pre.channel_base,
+        channel_max=pre.channel_max,
+        mbstd_group=pre.mbstd_group,
+        cmap_dim=pre.cmap_dim,
+        batch=pre.batch,
+        lr=pre.lr,
+        gamma=pre.gamma,
+        ema_kimg=pre.ema_kimg,
+        ema_rampup=pre.ema_rampup,
+        kimg=pre.kimg,
+        tick_kimg=pre.tick_kimg,
+        snap=pre.snap,
+        conv_clamp=256.0 if params["precision"] != "fp32" else None,
+    )
+    for opt, fld in _PRESET_FIELDS.items():
+        if params.get(opt) is not None:
+            setattr(o, fld, params[opt])
+    if params.get("z_dim") is not None:
+        o.z_dim = o.w_dim = params["z_dim"]
+    if params["batch"] is not None and "mbstd_group" not in given:
+        o.mbstd_group = min(o.mbstd_group, max(params["batch"] // gpus, 1))
+    if params["batch"] is not None and preset_name == "auto" and "gamma" not in given:
+        o.gamma = 0.0002 * res**2 / o.batch  # the auto formula follows the batch actually used
+    for name in ("mirror", "balance", "aug", "aug_kind", "aug_spec", "target", "seed", "device", "precision", "grid_per", "fake_labels",
+                 "affected_fraction"):
+        setattr(o, name, params[name])
+    if params["p"] is not None:
+        o.p = params["p"]
+    elif params["aug"] == "fixed":
+        raise click.UsageError("--aug fixed needs --p (the constant augment probability)")
+    o.progress = not params.get("no_progress", False)
+    return o
+
+
+def _check_resume_overrides(stored, params: dict, given: set[str], fresh) -> None:
+    """On a true resume only schedule/device options may change; say which one differs."""
+    from synth.training.training_loop import TrainingOptions
+
+    for f in fields(TrainingOptions):
+        if f.name in TrainingOptions.RESUME_MUTABLE:
+            continue
+        cli = next((k for k, v in _PRESET_FIELDS.items() if v == f.name), f.name)
+        if cli in given or (f.name == "ties" and "tie" in given):
+            new, old = getattr(fresh, f.name), getattr(stored, f.name)
+            if (list(new) if isinstance(new, tuple) else new) != (list(old) if isinstance(old, tuple) else old):
+                raise click.UsageError(
+                    f"--{cli.replace('_', '-')} {new!r} differs from the snapshot's {old!r}; a resumed run keeps its "
+                    f"settings (only {', '.join('--' + m.replace('_', '-') for m in ('kimg', 'tick', 'snap', 'device', 'precision'))} may change)"
+                )
+
+
+@click.command("train", context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
+@click.option("--data", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Dataset folder (labels.csv [+ conditions.yaml]) or .zip. Default: the built-in face atlas.")
+@click.option("--cond", default="disease,age", help="Factors to condition on, in grid order (rows, columns).")
+@click.option("--preset", type=click.Choice(PRESETS), default=None,
+              help="Architecture/optimisation preset. Default: cpu on --device cpu, auto otherwise.")
+@click.option("--resolution", type=int, default=None, help="Training resolution (power of two). Default: cpu preset 32, else the data's.")
+@click.option("--kimg", type=float, default=None, help="Train until this many thousand real images were shown.")
+@click.option("--batch", type=int, default=None, help="Total batch size (over all processes).")
+@click.option("--gamma", type=float, default=None, help="R1 regularisation weight.")
+@click.option("--lr", type=float, default=None, help="Adam learning rate of G and D.")
+@click.option("--ema-kimg", type=float, default=None, help="Half-life of the generator EMA in kimg.")
+@click.option("--map-layers", type=int, default=None, help="Mapping network depth.")
+@click.option("--channel-base", type=int, default=None, help="Channels = min(channel_base / res, channel_max).")
+@click.option("--channel-max", type=int, default=None, help="Maximum channels per layer.")
+@click.option("--z-dim", type=int, default=None, help="Latent (z and w) width.")
+@click.option("--mirror/--no-mirror", default=False, help="Randomly x-flip real images.")
+@click.option("--aug", type=click.Choice(["ada", "fixed", "none"]), default="ada", help="Augmentation mode.")
+@click.option("--target", type=float, default=0.6, help="ADA target for E[sign(D(real))].")
+@click.option("--p", type=float, default=None, help="Augment probability: constant for --aug fixed, start value for ada.")
+@click.option("--aug-kind", type=click.Choice(["faces", "skin", "generic"]), default="faces",
+              help="Image kind: faces disable x-flip, skin disables hue/luma flip.")
+@click.option("--aug-spec", default="bgc", help="Augmentation pipeline (b=blit, g=geometric, c=colour, f=filter ...).")
+@click.option("--balance/--no-balance", default=True, help="Sample real images so every condition cell has equal weight.")
+@click.option("--affected-fraction", type=float, default=None,
+              help="With --balance: share of affected images (not at the control level) in each batch, e.g. 0.5.")
+@click.option("--fake-labels", type=click.Choice(["data", "cells"]), default="data",
+              help="Labels of generated images: drawn like the real ones, or uniform over all cells.")
+@click.option("--tie", multiple=True, metavar="FACTOR:LEVEL=A+B",
+              help="Tie a level's embedding to the mean of others, e.g. stage:intermediate=early+late (repeatable).")
+@click.option("--resume", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Our snapshot or run folder (true resume), or an official .pkl (weights only, reported surgery).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs"), help="Parent folder of numbered run folders.")
+@click.option("--seed", type=int, default=0, help="Random seed.")
+@click.option("--snap", type=int, default=None, help="Snapshot every N ticks.")
+@click.option("--tick", type=float, default=None, help="Tick length in kimg (stats, grid, progress line).")
+@click.option("--grid-per", type=click.Choice(["row", "cell"]), default="row",
+              help="Grid latents: one z per row (same face across columns) or per cell.")
+@click.option("--device", default="cpu", help="cpu, cuda or cuda:N.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", help="Autocast precision (CUDA only).")
+@click.option("--no-progress", is_flag=True, help="No progress bar (log lines only).")
+@click.option("--dry-run", is_flag=True, help="Print the resolved options as JSON and exit without writing anything.")
+@click.pass_context
+def train(ctx: click.Context, **params) -> None:
+    """Train a conditional StyleGAN2-ADA with a factored label embedding.
+
+    \b
+    Examples:
+      synth train --preset cpu --kimg 50                       # built-in face atlas, CPU
+      synth train --data faces/ --cond disease,age --preset paper256 \\
+                  --resume ffhq-res256-mirror-paper256-noaug.pkl --device cuda
+      synth train --data nf1/ --cond stage --tie stage:intermediate=early+late --aug-kind skin
+      synth train --resume runs/00003-faces-disease-age-cpu-32   # continue a run exactly
+
+    Each run writes runs/NNNNN-<desc>/ with options.json, log.txt, stats.jsonl, image grids
+    (rows = levels of the first factor, columns = levels of the second) and snapshots
+    (.ckpt, loadable without executing code); latest.json names the newest snapshot.
+    """
+    import torch
+
+    from synth.data.dataset import DatasetError, open_dataset
+    from synth.training.checkpoint import CheckpointError, load_checkpoint
+    from synth.training.training_loop import (
+        TrainingDiverged,
+        TrainingError,
+        TrainingOptions,
+        Trainer,
+        find_snapshot,
+    )
+
+    given = {k for k in params if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
+    for spec in params["tie"]:
+        try:
+            parse_tie(spec)
+        except ConditionError as e:
+            raise click.BadParameter(str(e), param_hint="--tie") from None
+    if params["device"].startswith("cuda") and not torch.cuda.is_available():
+        raise click.UsageError(f"--device {params['device']}: CUDA is not available on this machine")
+
+    resume = params["resume"]
+    official = resume is not None and resume.suffix == ".pkl"
+    true_resume = resume is not None and not official
+    try:
+        imageset = None
+        snap = None
+        ck = None
+        if true_resume:
+            snap = find_snapshot(resume)
+            ck = load_checkpoint(snap)
+            if "options" not in ck or "progress" not in ck:
+                raise click.UsageError(f"--resume {snap}: not a training snapshot (no options/progress)")
+            stored = TrainingOptions.from_dict(ck["options"])
+            fresh = resolve_options({**params, "preset": params["preset"] or stored.preset}, given) if given else stored
+            _check_resume_overrides(stored, params, given, fresh)
+            opts = stored
+            for name, cli in (("kimg", "kimg"), ("tick_kimg", "tick"), ("snap", "snap"), ("device", "device"), ("precision", "precision")):
+                if cli in given:
+                    setattr(opts, name, params[cli])
+            if "data" in given:
+                opts.data = str(params["data"])
+            opts.progress = not params["no_progress"]
+            run_dir = snap.parent
+            if opts.data is not None and not Path(opts.data).exists():
+                raise click.UsageError(f"--data: the snapshot's dataset {opts.data} is gone; pass --data with the same images")
+        else:
+            if params["data"] is not None:
+                imageset = open_dataset(params["data"], cond=[c.strip() for c in params["cond"].split(",") if c.strip()])
+            opts = resolve_options(params, given, imageset)
+            opts.validate()
+            dataname = params["data"].stem if params["data"] is not None else "atlas"
+            desc = f"{dataname}-{'-'.join(opts.cond)}-{opts.preset}-{opts.resolution}"
+            run_dir = next_run_dir(params["out"], re.sub(r"[^A-Za-z0-9_.-]", "_", desc))
+        opts.validate()
+    except (TrainingError, CheckpointError, DatasetError, ConditionError, ValueError) as e:
+        raise click.ClickException(str(e).splitlines()[0]) from None
+
+    if params["dry_run"]:
+        out = {"run_dir": str(run_dir), "resume": str(snap or resume) if resume else None,
+               "resume_kind": "official" if official else "snapshot" if true_resume else None,
+               "gpus": int(os.environ.get("WORLD_SIZE", 1)), "options": opts.to_dict()}
+        click.echo(json.dumps(out, indent=2))
+        return
+
+    rank = int(os.environ.get("RANK", 0))
+    try:
+        trainer = Trainer(opts, run_dir, imageset=imageset, log=click.echo)
+        if true_resume:
+            trainer.resume(snap, ck)
+            ck = None  # the snapshot's tensors now live in the networks; free the copy
+            trainer.log(f"resumed from {snap} at kimg {trainer.cur_nimg / 1000:.3f} (tick {trainer.cur_tick}, augment p {trainer.augment_p():.4f})")
+        elif official:
+            trainer.log(trainer.import_official(resume))
+        if rank == 0:
+            from synth.utils.io import atomic_write_text
+
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(run_dir / "options.json", json.dumps(opts.to_dict(), indent=2))
+            if not true_resume:
+                trainer.log(f"run folder {run_dir}")
+        trainer.train()
+    except KeyboardInterrupt:
+        raise click.ClickException(f"interrupted; continue with: synth train --resume {run_dir}") from None
+    except TrainingDiverged as e:
+        raise click.ClickException(str(e)) from None
+    except (TrainingError, CheckpointError, DatasetError, ConditionError) as e:
+        raise click.ClickException(str(e).splitlines()[0]) from None
+    if rank == 0:
+        click.echo(f"done: {trainer.cur_nimg / 1000:.3f} kimg, last snapshot {trainer.last_snapshot}")
+
+
+def main() -> None:  # ``python -m synth.training.cli``
+    train()
+
+
+if __name__ == "__main__":
+    main()

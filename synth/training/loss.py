@@ -1,0 +1,180 @@
+"""StyleGAN2 losses: non-saturating logistic, lazy R1, path-length and style mixing.
+
+Every discriminator input (reals and fakes) goes through the augment pipe, which is
+differentiable, so generator gradients and the R1 penalty flow through the augmentations.
+Regularisers run "lazily" every N minibatches with their loss multiplied by N (``gain``),
+which keeps their average strength and saves most of their cost.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["LossOptions", "StyleGAN2Loss", "lazy_correction", "PHASES"]
+
+PHASES = ("Gmain", "Greg", "Gboth", "Dmain", "Dreg", "Dboth")
+
+
+def lazy_correction(lr: float, betas: tuple[float, float], interval: int | None) -> tuple[float, tuple[float, float]]:
+    """Adam hyper-parameters for an optimiser that steps on main + regulariser minibatches.
+
+    With a regulariser every I minibatches the optimiser takes I+1 steps per I images'
+    worth of main steps; scaling lr by r = I/(I+1) and the betas to beta**r keeps the
+    effective step size and moment half-lives of plain training.
+    """
+    if not interval or interval <= 1:
+        return float(lr), (float(betas[0]), float(betas[1]))
+    r = interval / (interval + 1)
+    return float(lr * r), (float(betas[0] ** r), float(betas[1] ** r))
+
+
+@dataclass
+class LossOptions:
+    r1_gamma: float = 10.0
+    style_mixing_prob: float = 0.9
+    pl_weight: float = 2.0
+    pl_batch_shrink: int = 2
+    pl_decay: float = 0.01
+
+
+class StyleGAN2Loss:
+    """Accumulates gradients for one phase at a time (the loop owns zero_grad/step)."""
+
+    def __init__(
+        self,
+        G: torch.nn.Module,
+        D: torch.nn.Module,
+        augment_pipe: torch.nn.Module | None = None,
+        opts: LossOptions | None = None,
+        ada=None,
+        autocast=None,
+        scaler=None,
+    ):
+        self.G = G
+        self.D = D
+        self.augment_pipe = augment_pipe
+        self.opts = opts or LossOptions()
+        self.ada = ada  # AdaController collecting sign(D(real)) or None
+        # ``autocast()`` returns the mixed-precision context for main phases; regularisers
+        # differentiate gradients and stay in fp32 for stability.
+        self.autocast = autocast or contextlib.nullcontext
+        self.scaler = scaler
+        device = next(G.parameters()).device
+        self.pl_mean = torch.zeros([], device=device)
+
+    # ---- forward helpers -----------------------------------------------------------------
+    def run_G(self, z: torch.Tensor, c: torch.Tensor, update_emas: bool = False):
+        ws = self.G.mapping(z, c, update_emas=update_emas)
+        p = self.opts.style_mixing_prob
+        if p > 0 and ws.shape[1] > 1:
+            # Tensor-valued cutoff (no host sync): layers >= cutoff take w from a fresh z with
+            # the SAME label, so mixing never crosses conditions.
+            num_ws = ws.shape[1]
+            cutoff = torch.randint(1, num_ws, [], device=ws.device)
+            cutoff = torch.where(torch.rand([], device=ws.device) < p, cutoff, torch.full_like(cutoff, num_ws))
+            ws2 = self.G.mapping(torch.randn_like(z), c, update_emas=False)
+            mix = (torch.arange(num_ws, device=ws.device) >= cutoff)[None, :, None]
+            ws = torch.where(mix, ws2, ws)
+        img = self.G.synthesis(ws, noise_mode="random")
+        return img, ws
+
+    def run_D(self, img: torch.Tensor, c: torch.Tensor, update_emas: bool = False) -> torch.Tensor:
+        if self.augment_pipe is not None:
+            img = self.augment_pipe(img)
+        return self.D(img, c, update_emas=update_emas)
+
+    def _backward(self, loss: torch.Tensor, gain: float) -> None:
+        # With fp16 every phase is scaled alike so the optimiser step can unscale once.
+        loss = loss.mean() * gain
+        if self.scaler is not None:
+            loss = self.scaler.scale(loss)
+        loss.backward()
+
+    # ---- phases -------------------------------------------------------------------------
+    def accumulate_gradients(
+        self,
+        phase: str,
+        real_img: torch.Tensor,
+        real_c: torch.Tensor,
+        gen_z: torch.Tensor,
+        gen_c: torch.Tensor,
+        gain: float,
+    ) -> dict[str, torch.Tensor]:
+        """Backward the losses of ``phase``; returns detached per-sample statistics.
+
+        The returned ``total`` is the scalar that must be finite (the loop stops on NaN/Inf).
+        """
+        if phase not in PHASES:
+            raise ValueError(f"unknown phase {phase!r}")
+        o = self.opts
+        do_Gmain = phase in ("Gmain", "Gboth")
+        do_Dmain = phase in ("Dmain", "Dboth")
+        do_Gpl = phase in ("Greg", "Gboth") and o.pl_weight != 0
+        do_Dr1 = phase in ("Dreg", "Dboth") and o.r1_gamma != 0
+        stats: dict[str, torch.Tensor] = {}
+        total = torch.zeros([], device=real_img.device)
+
+        if do_Gmain:
+            with self.autocast():
+                gen_img, _ = self.run_G(gen_z, gen_c)
+                gen_logits = self.run_D(gen_img, gen_c)
+            loss_G = F.softplus(-gen_logits.float())  # -log(sigmoid(D(G(z))))
+            self._backward(loss_G, gain)
+            stats["loss/G"] = loss_G.detach()
+            stats["scores/fake"] = gen_logits.detach().float()
+            total = total + loss_G.detach().mean()
+
+        if do_Gpl:
+            bs = max(gen_z.shape[0] // o.pl_batch_shrink, 1)
+            gen_img, ws = self.run_G(gen_z[:bs], gen_c[:bs])
+            # Random image-space direction, scaled so the expected length does not depend on resolution.
+            pl_noise = torch.randn_like(gen_img) / np.sqrt(gen_img.shape[2] * gen_img.shape[3])
+            (pl_grads,) = torch.autograd.grad((gen_img * pl_noise).sum(), ws, create_graph=True)
+            pl_lengths = pl_grads.square().sum(2).mean(1).sqrt()
+            pl_mean = self.pl_mean.lerp(pl_lengths.mean().detach(), o.pl_decay)
+            self.pl_mean.copy_(pl_mean)
+            pl_penalty = (pl_lengths - pl_mean).square()
+            self._backward(pl_penalty * o.pl_weight, gain)
+            stats["loss/pl_penalty"] = pl_penalty.detach()
+            stats["loss/pl_mean"] = pl_mean.detach()
+            total = total + pl_penalty.detach().mean()
+
+        if do_Dmain:
+            # G is frozen in D phases: no graph through it is needed.
+            with torch.no_grad(), self.autocast():
+                gen_img, _ = self.run_G(gen_z, gen_c, update_emas=True)
+            with self.autocast():
+                gen_logits = self.run_D(gen_img, gen_c, update_emas=True)
+            loss_Dgen = F.softplus(gen_logits.float())  # -log(1 - sigmoid(D(G(z))))
+            self._backward(loss_Dgen, gain)
+            stats["loss/D_fake"] = loss_Dgen.detach()
+            total = total + loss_Dgen.detach().mean()
+
+        if do_Dmain or do_Dr1:
+            real = real_img.detach().requires_grad_(do_Dr1)
+            ctx = self.autocast() if not do_Dr1 else contextlib.nullcontext()
+            with ctx:
+                real_logits = self.run_D(real, real_c)
+            real_logits = real_logits.float()
+            loss = torch.zeros_like(real_logits)
+            if do_Dmain:
+                loss_Dreal = F.softplus(-real_logits)
+                loss = loss + loss_Dreal
+                stats["loss/D_real"] = loss_Dreal.detach()
+                stats["scores/real"] = real_logits.detach()
+                if self.ada is not None:
+                    self.ada.accumulate(real_logits)
+            if do_Dr1:
+                (r1_grads,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
+                r1_penalty = r1_grads.square().sum([1, 2, 3])
+                loss = loss + r1_penalty * (o.r1_gamma / 2)
+                stats["loss/r1_penalty"] = r1_penalty.detach()
+            self._backward(loss, gain)
+            total = total + loss.detach().mean()
+
+        stats["total"] = total
+        return stats
