@@ -24,6 +24,7 @@ def main() -> None:
       synth morph --from A --to B    age/stage progression of one identity (strip, GIF, MP4)
       synth mix / synth teach        style-mixing grids; teaching galleries and quizzes
       synth metrics                  condition fidelity, morph consistency, KID/FID, memorisation
+      synth ablate --data DIR        accuracy gain of each synthetic image type, paired statistics
     """
 
 
@@ -34,11 +35,13 @@ def _register() -> None:
     from synth.training.cli import train
     from classifiers.cli import classify
     from synth.quality.cli import metrics
+    from synth.ablation.cli import ablate
 
     main.add_command(data)
     main.add_command(train)
     main.add_command(classify)
     main.add_command(metrics)
+    main.add_command(ablate)
     main.add_command(augment_preview)
     for cmd in synthesis_commands:
         main.add_command(cmd)

@@ -449,7 +449,7 @@ class Trainer:
 
                 for b in (self.ada.sign_sum, self.ada.sign_count):
                     dist.all_reduce(b)
-            self.ada.step(self.batch_gpu)
+            self.ada.step(o.batch)  # global batch: the sign sums above are global too
 
     def _allreduce_grads(self, params: list[torch.Tensor]) -> None:
         import torch.distributed as dist

@@ -1,0 +1,1 @@
+"""Image classifiers: models, training, cross-validation, metrics and attribution."""

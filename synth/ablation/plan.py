@@ -1,0 +1,145 @@
+"""What an ablation runs: its configuration, its arms and the checks on both.
+
+An *arm* is one training recipe: ``real`` (real training images only) or real images plus
+one synthetic product type at a size ``ratio`` times the study count rule.  Every arm is
+trained once per cross-validation fold; a (fold, arm) pair is a *cell* of the ablation.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from classifiers.train import TrainConfig
+from synth.synthesis.labels import PRODUCT_TYPES
+
+__all__ = ["AblationError", "AblationConfig", "Arm", "parse_type_token", "build_arms", "REFERENCE_ARM"]
+
+REFERENCE_ARM = "real"
+
+
+class AblationError(ValueError):
+    """An ablation that cannot run as configured (one-line message naming the option)."""
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One training recipe.  ``type`` is None for the real-only reference arm."""
+
+    name: str
+    type: str | None = None
+    ratio: float = 0.0
+    mixes: tuple[float, ...] = ()
+
+    @property
+    def is_reference(self) -> bool:
+        return self.type is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "type": self.type, "ratio": self.ratio, "mixes": list(self.mixes)}
+
+
+@dataclass
+class AblationConfig:
+    """Everything that decides an ablation (stored as ``plan.json`` in the output folder).
+
+    Generator: ``gan_per_fold`` trains one GAN per fold on that fold's training images only;
+    otherwise ``network`` is used for every fold (if it was trained on all images, held-out
+    images leaked into it).  ``gan_options`` overrides single :class:`TrainingOptions`
+    fields of the per-fold GANs (e.g. a tiny architecture).
+    """
+
+    data: str
+    types: Sequence[str] = ("unrelated", "age_related", "age_progression", "blended", "style_mixed")
+    cond: Sequence[str] | None = ("disease", "age")
+    ratios: Sequence[float] = (1.0,)
+    k: int = 5
+    gan_per_fold: bool = False
+    network: str | None = None
+    gan_kimg: float = 2.0
+    gan_resolution: int = 32
+    gan_preset: str = "cpu"
+    gan_options: dict[str, Any] = field(default_factory=dict)
+    target: str = "disease"
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(model="efficientnet_b0", size=64, epochs=5, batch=32, lr=1e-3))
+    test_data: str | None = None
+    seed: int = 0
+    psi: float = 0.6
+    mixes: Sequence[float] = (0.55,)
+    exclude: Sequence[str] | None = None  # FACTOR=LEVEL cells that get no synthetic images; default the control level
+    age_factor: str | None = "age"
+    device: str = "cpu"
+    gen_batch: int = 16
+    progress: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "train"}
+        d["train"] = self.train.to_dict()
+        for key in ("types", "cond", "ratios", "mixes", "exclude"):
+            if d[key] is not None:
+                d[key] = list(d[key])
+        return d
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings finished cells depend on.  Arms (types, ratios) may be added to an
+        existing output folder; anything else must match what the folder was made with."""
+        d = self.to_dict()
+        for key in ("types", "ratios", "progress", "device", "gen_batch"):
+            d.pop(key)
+        d["train"] = {k: v for k, v in d["train"].items() if k not in ("progress", "device", "num_workers", "eval_batch")}
+        return json.loads(json.dumps(d))  # as stored in plan.json (tuples become lists)
+
+
+def parse_type_token(token: str, default_mixes: Sequence[float]) -> tuple[str, tuple[float, ...], str]:
+    """``unrelated`` -> (type, (), name); ``blended`` or ``blended:0.75`` -> mixes and a name
+    that shows a non-default mix (``blended75``)."""
+    token = token.strip()
+    base, _, arg = token.partition(":")
+    if base not in PRODUCT_TYPES:
+        raise AblationError(f"--types: unknown type {base!r} (choose from {', '.join(PRODUCT_TYPES)})")
+    if base != "blended":
+        if arg:
+            raise AblationError(f"--types {token}: only blended takes a mix (blended:0.75)")
+        return base, (), base
+    if not arg:
+        mixes = tuple(float(m) for m in default_mixes)
+        name = "blended" if mixes == (0.55,) else "blended" + "-".join(f"{round(m * 100):02d}" for m in mixes)
+    else:
+        try:
+            mixes = (float(arg),)
+        except ValueError:
+            raise AblationError(f"--types {token}: mix {arg!r} is not a number") from None
+        name = f"blended{round(mixes[0] * 100):02d}"
+    for m in mixes:
+        if not (0.0 < m < 1.0):
+            raise AblationError(f"--types {token}: mix {m} must be between 0 and 1 (exclusive)")
+    return base, mixes, name
+
+
+def _ratio_suffix(ratio: float) -> str:
+    return f"x{ratio:g}".replace(".", "p")
+
+
+def build_arms(types: Sequence[str], ratios: Sequence[float], default_mixes: Sequence[float] = (0.55,)) -> list[Arm]:
+    """The reference arm, then one arm per type and ratio (a ratio suffix only when not 1)."""
+    if not types:
+        raise AblationError("--types: name at least one synthetic image type")
+    ratios = list(ratios) or [1.0]
+    for r in ratios:
+        if not (isinstance(r, (int, float)) and math.isfinite(r) and r > 0):
+            raise AblationError(f"--ratio {r}: must be a positive number")
+    if len(set(ratios)) != len(ratios):
+        raise AblationError("--ratio: a ratio is given twice")
+    arms = [Arm(REFERENCE_ARM)]
+    seen: set[str] = set()
+    for token in types:
+        base, mixes, name = parse_type_token(token, default_mixes)
+        if name in seen:
+            raise AblationError(f"--types: {token!r} is given twice")
+        seen.add(name)
+        for r in ratios:
+            arm_name = name if r == 1.0 else f"{name}_{_ratio_suffix(r)}"
+            arms.append(Arm(arm_name, base, float(r), mixes))
+    return arms

@@ -1,0 +1,225 @@
+"""Ablation report files from a results dict: report.md, results.json, per_arm.csv,
+per_cell.csv and gain.png (every file written atomically)."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from synth.utils.io import atomic_save, atomic_write_text
+
+__all__ = ["write_report", "render_markdown", "plot_gain"]
+
+METRICS = ("accuracy", "balanced_accuracy")
+
+
+def _pct(v, signed: bool = False) -> str:
+    if v is None:
+        return "n/a"
+    return f"{100 * v:+.1f}" if signed else f"{100 * v:.1f}"
+
+
+def _p(v) -> str:
+    return "n/a" if v is None else (f"{v:.3f}" if v >= 0.001 else "<0.001")
+
+
+def _scopes(results: dict):
+    yield "cv", results["cv"]["statistics"]
+    if results.get("test"):
+        yield "test", results["test"]["statistics"]
+
+
+def _arm_rows(results: dict) -> list[list]:
+    rows = []
+    types = {a["name"]: a for a in results["arms"]}
+    for scope, stats in _scopes(results):
+        for metric in METRICS:
+            st = stats[metric]
+            for arm, e in st["arms"].items():
+                d, c, m = e.get("difference", {}), e.get("corrected", {}), e.get("mcnemar", {})
+                rows.append([
+                    scope, metric, arm, types[arm]["type"] or "", types[arm]["ratio"], e["mean"], e["sd"], e.get("pooled"),
+                    d.get("mean"), d.get("ci_low"), d.get("ci_high"), d.get("p_value"), c.get("ci_low"), c.get("ci_high"),
+                    c.get("p_value"), m.get("reference_only"), m.get("arm_only"), m.get("p_value"), st["k"],
+                ])
+    return rows
+
+
+ARM_HEADER = ["scope", "metric", "arm", "type", "ratio", "mean", "sd", "pooled", "diff_mean", "diff_ci_low",
+              "diff_ci_high", "p_paired_t", "corrected_ci_low", "corrected_ci_high", "p_corrected", "mcnemar_reference_only",
+              "mcnemar_arm_only", "p_mcnemar", "k"]
+
+
+def _csv(header, rows) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    for r in rows:
+        w.writerow(["" if v is None else (f"{v:.6g}" if isinstance(v, float) else v) for v in r])
+    return buf.getvalue()
+
+
+def _cell_rows(results: dict) -> list[list]:
+    rows = []
+    sources = [("cv", results["cv"]["oof"])]
+    if results.get("test"):
+        sources.append(("test", results["test"]["ensemble"]))
+    for scope, by_arm in sources:
+        for arm, m in by_arm.items():
+            for c in m.get("per_cell", []):
+                rows.append([scope, arm, *c["cell"], c["n"], c["correct"], c["accuracy"]])
+    return rows
+
+
+def _stat_table(st: dict, with_corrected: bool, pooled: str = "Pooled %") -> list[str]:
+    head = f"| Arm | Mean % (SD) | {pooled} | Diff vs real, pts [95% t CI] | p (paired t) |"
+    sep = "|---|---|---|---|---|"
+    if with_corrected:
+        head += " Corrected CI | p (corrected) |"
+        sep += "---|---|"
+    head += " McNemar (real only / arm only, p) |"
+    sep += "---|"
+    lines = [head, sep]
+    for arm, e in st["arms"].items():
+        sd = "" if e["sd"] is None else f" ({_pct(e['sd'])})"
+        d = e.get("difference")
+        diff = "reference" if arm == st["reference"] else (
+            f"{_pct(d['mean'], True)} [{_pct(d['ci_low'], True)}, {_pct(d['ci_high'], True)}]" if d else "n/a")
+        row = f"| {arm} | {_pct(e['mean'])}{sd} | {_pct(e.get('pooled'))} | {diff} | {_p(d['p_value']) if d else ''} |"
+        if with_corrected:
+            c = e.get("corrected")
+            row += (f" [{_pct(c['ci_low'], True)}, {_pct(c['ci_high'], True)}] | {_p(c['p_value'])} |" if c else " | |")
+        m = e.get("mcnemar")
+        row += f" {m['reference_only']} / {m['arm_only']}, p={_p(m['p_value'])} |" if m else " |"
+        lines.append(row)
+    return lines
+
+
+def _cell_table(by_arm: dict, cell_names: list[str]) -> list[str]:
+    arms = list(by_arm)
+    first = by_arm[arms[0]].get("per_cell", [])
+    lines = ["| " + " | ".join(cell_names) + " | n | " + " | ".join(arms) + " |",
+             "|" + "---|" * (len(cell_names) + 1 + len(arms))]
+    for i, c in enumerate(first):
+        if c["n"] == 0:
+            continue
+        accs = [by_arm[a]["per_cell"][i]["accuracy"] for a in arms]
+        lines.append("| " + " | ".join(c["cell"]) + f" | {c['n']} | " + " | ".join(_pct(a) for a in accs) + " |")
+    return lines
+
+
+def _class_table(by_arm: dict, class_names: list[str]) -> list[str]:
+    """Accuracy per true class and their average (the layout of the study's Table 2)."""
+    arms = list(by_arm)
+    lines = ["| Class | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms)]
+    for cname in class_names:
+        vals = [by_arm[a]["per_class"][cname]["sensitivity"] for a in arms]
+        if by_arm[arms[0]]["per_class"][cname]["support"] == 0:
+            continue
+        lines.append(f"| {cname} | " + " | ".join(_pct(v) for v in vals) + " |")
+    lines.append("| Average (balanced accuracy) | " + " | ".join(_pct(by_arm[a]["balanced_accuracy"]) for a in arms) + " |")
+    lines.append("| Accuracy | " + " | ".join(_pct(by_arm[a]["accuracy"]) for a in arms) + " |")
+    return lines
+
+
+def render_markdown(results: dict) -> str:
+    cfg = results["config"]
+    k = results["k"]
+    gen = results["generator"]
+    out = ["# Augmentation-gain ablation", ""]
+    out.append(f"Data: `{cfg['data']}` ({results['n_images']} images), target `{cfg['target']}` "
+               f"({', '.join(results['class_names'])}), {k}-fold grouped stratified cross-validation "
+               f"(fold sizes {', '.join(map(str, results['fold_sizes']))}), classifier `{cfg['train']['model']}` at "
+               f"{cfg['train']['size']} px, {cfg['train']['epochs']} epoch(s).")
+    if gen["mode"] == "per_fold":
+        out.append(f"Generator: one GAN per fold trained on that fold's training images only ({gen['gan_kimg']} kimg).")
+    else:
+        out.append(f"Generator: one shared network `{gen['network']}` for all folds. **If it was trained on all images, "
+                   "every held-out image leaked into the generator and the gains below are optimistic**; use "
+                   "`--gan-per-fold` for an unbiased estimate.")
+    out.append("Synthetic images join only the training folds of their fold; counts follow the study rule "
+               "(per disease x age cell, the mean count over that disease's age groups in the training folds) times the ratio.")
+    out.append("")
+    if k < 5:
+        out.append(f"**Caution: only {k} folds.** The t interval uses {k - 1} degree(s) of freedom, so confidence intervals "
+                   "are very wide and the tests have little power; treat differences as descriptive.")
+        out.append("")
+    out.append("## Cross-validation (held-out folds)")
+    out.append("")
+    out.append("Mean and SD over folds; *pooled* = accuracy of all out-of-fold predictions together. Differences are "
+               "arm minus real-only per fold, in percentage points. The corrected test (Nadeau & Bengio) widens the "
+               "interval for the overlap of training sets between folds "
+               f"(n_train = {results['cv']['statistics']['accuracy']['n_train']:.0f}, "
+               f"n_test = {results['cv']['statistics']['accuracy']['n_test']:.0f}); McNemar uses the pooled out-of-fold "
+               "predictions of the same images.")
+    for metric in METRICS:
+        out += ["", f"### {metric.replace('_', ' ').capitalize()}", ""]
+        out += _stat_table(results["cv"]["statistics"][metric], with_corrected=True)
+    out += ["", "### Accuracy per class (pooled out-of-fold)", ""]
+    out += _class_table(results["cv"]["oof"], results["class_names"])
+    out += ["", "### Accuracy per condition cell (pooled out-of-fold, %)", ""]
+    out += _cell_table(results["cv"]["oof"], results["cell_names"])
+    if results.get("test"):
+        t = results["test"]
+        out += ["", f"## Fixed test set ({t['n_images']} images)", "",
+                "Ensemble of the fold models (probabilities averaged over models with max probability >= 0.5, all "
+                "models when none passes), as in the study's Table 2. Per-fold rows: each fold model alone; "
+                "McNemar on the ensemble predictions.", ""]
+        out += _class_table(t["ensemble"], results["class_names"])
+        for metric in METRICS:
+            out += ["", f"### {metric.replace('_', ' ').capitalize()} of the fold models on the test set", ""]
+            out += _stat_table(t["statistics"][metric], with_corrected=False, pooled="Ensemble %")
+        out += ["", "### Test accuracy per condition cell (ensemble, %)", ""]
+        out += _cell_table(t["ensemble"], results["cell_names"])
+    out += ["", "Files: `results.json` (everything), `per_arm.csv`, `per_cell.csv`, `gain.png`, `cells/` (per fold and arm).", ""]
+    return "\n".join(out)
+
+
+def plot_gain(path: Path, results: dict) -> None:
+    """Gain of each arm over real-only (percentage points) with 95% t intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("cv", m, results["cv"]["statistics"][m]) for m in METRICS]
+    if results.get("test"):
+        panels.append(("test", "accuracy", results["test"]["statistics"]["accuracy"]))
+    arms = [a for a in results["cv"]["statistics"]["accuracy"]["arms"] if a != results["reference"]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.45 * len(arms) + 2.2), squeeze=False)
+    try:
+        for ax, (scope, metric, st) in zip(axes[0], panels):
+            ys = list(range(len(arms)))
+            for y, arm in zip(ys, arms):
+                d = st["arms"][arm].get("difference")
+                if d is None:
+                    continue
+                ax.errorbar([100 * d["mean"]], [y], xerr=[[100 * (d["mean"] - d["ci_low"])], [100 * (d["ci_high"] - d["mean"])]],
+                            fmt="o", color="tab:blue", capsize=3)
+                c = st["arms"][arm].get("corrected")
+                if c is not None:
+                    ax.plot([100 * c["ci_low"], 100 * c["ci_high"]], [y + 0.2, y + 0.2], color="tab:orange", lw=1)
+            ax.axvline(0, color="grey", lw=0.8)
+            ax.set_yticks(ys, labels=arms)
+            ax.set_ylim(len(arms) - 0.5, -0.5)  # first arm on top, same layout in every panel
+            ax.set_xlabel("gain over real-only (points)")
+            ax.set_title(f"{scope}: {metric.replace('_', ' ')} (k={st['k']})", fontsize=9)
+        axes[0][0].text(0.0, -0.28, "dot: mean gain, bar: 95% t CI; orange: corrected (Nadeau-Bengio) CI",
+                        transform=axes[0][0].transAxes, fontsize=7, va="top")
+        fig.tight_layout()
+        atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    finally:
+        plt.close(fig)
+
+
+def write_report(out_dir: str | Path, results: dict) -> dict[str, Path]:
+    out = Path(out_dir)
+    paths = {n: out / n for n in ("results.json", "per_arm.csv", "per_cell.csv", "report.md", "gain.png")}
+    atomic_write_text(paths["results.json"], json.dumps(results, indent=1) + "\n")
+    atomic_write_text(paths["per_arm.csv"], _csv(ARM_HEADER, _arm_rows(results)))
+    atomic_write_text(paths["per_cell.csv"], _csv(["scope", "arm", *results["cell_names"], "n", "correct", "accuracy"],
+                                                  _cell_rows(results)))
+    plot_gain(paths["gain.png"], results)
+    atomic_write_text(paths["report.md"], render_markdown(results))
+    return paths

@@ -1,0 +1,436 @@
+"""Running an ablation: folds, generators, synthetic sets, one classifier per (fold, arm).
+
+Layout of the output folder::
+
+    plan.json                 the configuration (a folder is only reused for the same plan)
+    folds.csv                 the grouped, stratified partition every arm shares
+    gans/fold{f}/             per-fold GAN run (with --gan-per-fold)
+    synthetic/fold{f}/{arm}/  that fold's synthetic training images (a dataset folder)
+    cells/fold{f}/{arm}.json  finished cell: held-out (and test) predictions and metrics
+    report.md, results.json, per_arm.csv, per_cell.csv, gain.png
+
+Synthetic images of fold f are generated from fold f's training-fold cell counts and only
+ever join fold f's training images, never a held-out fold.  Each finished cell is cached;
+a killed run resumes with the unfinished cells, and several processes may work on one
+folder at the same time (each cell is claimed by one process, see :mod:`.cache`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from classifiers.train import train_classifier
+from synth.ablation.cache import read_json, try_claim, write_json
+from synth.ablation.gan import ensure_fold_gan, load_fold_generator
+from synth.ablation.plan import REFERENCE_ARM, AblationConfig, AblationError, Arm, build_arms
+
+__all__ = ["AblationResult", "run_ablation", "prepare_out_dir", "cell_path"]
+
+POLL_SECONDS = 2.0
+_OUTPUTS = ("plan.json", "folds.csv", "gans", "synthetic", "cells", "report.md", "results.json", "per_arm.csv",
+            "per_cell.csv", "gain.png")
+
+
+@dataclass
+class AblationResult:
+    out_dir: Path
+    arms: list[Arm]
+    folds: np.ndarray
+    results: dict  # the content of results.json
+    trained: list[tuple[int, str]] = field(default_factory=list)  # cells this call trained (the rest came from the cache)
+
+
+def cell_path(out: Path, fold: int, arm: str) -> Path:
+    return out / "cells" / f"fold{fold}" / f"{arm}.json"
+
+
+# ----------------------------------------------------------------------------------------
+# checks and set-up
+
+
+def _check_config(config: AblationConfig) -> list[Arm]:
+    if not config.data or not Path(config.data).exists():
+        raise AblationError(f"--data {config.data}: not found")
+    if config.test_data is not None and not Path(config.test_data).exists():
+        raise AblationError(f"--test-data {config.test_data}: not found")
+    if config.k < 2:
+        raise AblationError(f"--folds {config.k}: need at least 2 folds")
+    if config.gan_per_fold and config.network is not None:
+        raise AblationError("--network and --gan-per-fold exclude each other; choose one")
+    if not config.gan_per_fold:
+        if config.network is None:
+            raise AblationError("--network: give a generator checkpoint, or use --gan-per-fold")
+        if not Path(config.network).is_file():
+            raise AblationError(f"--network {config.network}: checkpoint not found")
+    if not config.gan_kimg > 0:
+        raise AblationError(f"--gan-kimg {config.gan_kimg}: must be > 0")
+    if not np.isfinite(config.psi):
+        raise AblationError(f"--psi {config.psi}: must be a finite number")
+    return build_arms(config.types, config.ratios, config.mixes)
+
+
+def prepare_out_dir(out: Path, config: AblationConfig, force: bool) -> None:
+    """Create ``out``; reuse it only for the same plan; ``force`` wipes earlier results."""
+    if out.exists() and not out.is_dir():
+        raise AblationError(f"--out {out}: exists and is not a folder")
+    plan = out / "plan.json"
+    if force and out.is_dir():
+        for name in _OUTPUTS:
+            p = out / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    if out.is_dir() and any(out.iterdir()):
+        old = read_json(plan)
+        if old is None:
+            raise AblationError(f"--out {out}: folder is not empty and holds no ablation (plan.json); use another folder or --force")
+        if old.get("fingerprint") != config.fingerprint():
+            diff = sorted(k for k in set(old.get("fingerprint", {})) | set(config.fingerprint())
+                          if old.get("fingerprint", {}).get(k) != config.fingerprint().get(k))
+            raise AblationError(
+                f"--out {out}: holds an ablation with different settings ({', '.join(diff)}); use another folder or --force"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(plan, {"format": "synth-ablation/1", "fingerprint": config.fingerprint(), "config": config.to_dict()})
+
+
+def _open(path, cond, what: str, space=None):
+    from synth.data.dataset import DatasetError, open_dataset
+
+    try:
+        return open_dataset(path, cond=list(cond) if cond else None, space=space)
+    except DatasetError as e:
+        raise AblationError(f"{what}: {str(e).splitlines()[0]}") from None
+
+
+def _folds(out: Path, imageset, config: AblationConfig) -> np.ndarray:
+    from synth.data.dataset import DatasetError
+    from synth.data.folds import make_folds, read_folds, write_folds
+
+    path = out / "folds.csv"
+    try:
+        if path.is_file():
+            folds = read_folds(path, imageset)
+            if int(folds.max()) + 1 != config.k:
+                raise AblationError(f"{path}: has {int(folds.max()) + 1} folds, --folds is {config.k}; use --force")
+            return folds
+        folds = make_folds(imageset, k=config.k, seed=config.seed)
+        write_folds(path, imageset, folds)
+        return folds
+    except DatasetError as e:
+        raise AblationError(f"--folds {config.k}: {str(e).splitlines()[0]}") from None
+    except ValueError as e:  # scikit-learn refuses impossible splits
+        raise AblationError(f"--folds {config.k}: cannot make grouped, stratified folds ({str(e).splitlines()[0]})") from None
+
+
+# ----------------------------------------------------------------------------------------
+# the run
+
+
+class _Run:
+    """State shared by the cells of one ``run_ablation`` call."""
+
+    def __init__(self, config: AblationConfig, out: Path, arms: list[Arm]):
+        from classifiers.cv import check_fold_classes
+        from classifiers.data import ClassifierDataError, drop_empty_classes, encode_images, parse_class_weight, parse_target
+
+        self.config, self.out, self.arms = config, out, arms
+        self.tc = config.train
+        self.imageset = _open(config.data, config.cond, "--data")
+        self.space = self.imageset.space
+        self.folds = _folds(out, self.imageset, config)
+        self.k = int(self.folds.max()) + 1
+        self.cell_factors = list(self.space.names)
+        self.cells = [self.imageset.cell_of(i, self.cell_factors) for i in range(len(self.imageset))]
+        self.cell_order = self.space.cells(self.cell_factors)
+        try:
+            target = parse_target(config.target, self.space)
+            own = encode_images(self.imageset, target, self.tc.size, progress=config.progress)
+            # Classes come from the real images only, so every arm predicts the same classes.
+            self.target, (self.own,) = drop_empty_classes(target, [own])
+            if self.target.num_classes < 2:
+                raise AblationError(f"--target {config.target}: the images carry only one class")
+            check_fold_classes(
+                self.target.class_names,
+                {f: self.own.targets[self.folds != f] for f in range(self.k)},
+                self.own.targets.sum(0),
+            )
+            self.test = None
+            if config.test_data is not None:
+                # read with the training space, so levels and cells mean the same in both sets
+                self.test_set = _open(config.test_data, config.cond, "--test-data", space=self.space)
+                self.test = encode_images(self.test_set, self.target, self.tc.size, factors=self.target.factors)
+                self.test_cells = [self.test_set.cell_of(i, self.cell_factors) for i in range(len(self.test_set))]
+            self.class_weight = None
+            if self.tc.class_weight == "auto":
+                # One set of weights from all real images, so arms and folds stay comparable.
+                self.class_weight = parse_class_weight("auto", self.target.class_names, self.own.targets)
+        except ClassifierDataError as e:
+            raise AblationError(str(e).splitlines()[0]) from None
+        self._check_roles()
+        self._generators: dict[int, tuple[Any, Any]] = {}
+        self.trained: list[tuple[int, str]] = []
+
+    def _check_roles(self) -> None:
+        needs_age = {a.type for a in self.arms} & {"age_related", "age_progression"}
+        if needs_age and (self.config.age_factor not in self.space.names):
+            raise AblationError(
+                f"--types {', '.join(sorted(needs_age))}: need an age factor ({self.config.age_factor!r}) in --cond"
+            )
+        if self.config.network is not None:
+            G, gspace = load_fold_generator(Path(self.config.network), self.space, self.config.device)
+            self._shared = (G, gspace)
+
+    # ---- generators and synthetic sets -----------------------------------------------------
+    def generator(self, fold: int):
+        if self.config.network is not None:
+            return self._shared
+        if fold not in self._generators:
+            train_set = self.imageset.subset(np.flatnonzero(self.folds != fold))
+            snap = ensure_fold_gan(self.config, fold, train_set, self.out)
+            self._generators = {fold: load_fold_generator(snap, self.space, self.config.device)}  # keep one in memory
+        return self._generators[fold]
+
+    def synthetic(self, fold: int, arm: Arm):
+        """Fold ``fold``'s synthetic training images of ``arm`` (generated once, then cached)."""
+        from synth.conditions import ConditionError
+        from synth.synthesis.counts import parse_exclusions, resolve_roles, study_counts
+        from synth.synthesis.errors import SynthesisError
+        from synth.synthesis.generate import generate_products
+
+        d = self.out / "synthetic" / f"fold{fold}" / arm.name
+        if (d / "labels.csv").is_file():  # written last: the set is complete
+            return _open(d, None, f"synthetic set {d}")
+        if d.exists():
+            shutil.rmtree(d)  # left over from a killed run
+        G, gspace = self.generator(fold)
+        names = list(gspace.names)
+        counts_in = {c: 0 for c in gspace.cells()}
+        for i in np.flatnonzero(self.folds != fold):
+            counts_in[tuple(self.imageset[i].labels[n] for n in names)] += 1
+        cfg = self.config
+        try:
+            roles = resolve_roles(gspace, cfg.age_factor if cfg.age_factor in names else None)
+            base = study_counts(gspace, counts_in, roles, parse_exclusions(cfg.exclude, gspace))
+            counts = {c: int(n * arm.ratio + 0.5) for c, n in base.items()}
+            if sum(counts.values()) == 0:
+                raise AblationError(f"--ratio {arm.ratio}: every synthetic cell count rounds to zero")
+            generate_products(
+                G, gspace, arm.type, counts, seeds=self.seed_base(fold, arm), psi=cfg.psi, out_dir=d,
+                age_factor=roles.age, mixes=arm.mixes or tuple(cfg.mixes), batch=cfg.gen_batch, device=cfg.device,
+                progress=False, settings={"fold": fold, "arm": arm.name, "ratio": arm.ratio,
+                                          "generator": cfg.network or str(self.out / "gans" / f"fold{fold}")},
+            )
+        except (ConditionError, SynthesisError) as e:
+            raise AblationError(f"{arm.name}, fold {fold}: {str(e).splitlines()[0]}") from None
+        return _open(d, None, f"synthetic set {d}")
+
+    def seed_base(self, fold: int, arm: Arm) -> int:
+        # Same start for every ratio of one type (a larger ratio's images include a smaller
+        # one's), different per fold and type; below 2**31 for the z generator.
+        t = zlib.crc32(f"{arm.type}:{arm.mixes}".encode()) % 1000
+        return (self.config.seed * 1_000_003 + fold * 10_000_019 + t * 100_003) % (2**31 - 10**6)
+
+    # ---- one cell --------------------------------------------------------------------------
+    def run_cell(self, fold: int, arm: Arm) -> dict:
+        from classifiers import metrics
+        from classifiers.data import ClassifierDataError, LabelledImages, encode_images
+        from classifiers.ensemble import predict_probs
+
+        train_idx = np.flatnonzero(self.folds != fold)
+        val_idx = np.flatnonzero(self.folds == fold)
+        parts = [self.own.take(train_idx)]
+        n_syn = 0
+        if not arm.is_reference:
+            syn = self.synthetic(fold, arm)
+            try:
+                enc = encode_images(syn, self.target, self.tc.size, factors=self.target.factors, source="extra")
+            except ClassifierDataError as e:
+                raise AblationError(f"{arm.name}, fold {fold}: {str(e).splitlines()[0]}") from None
+            n_syn = len(enc)
+            # mark synthetic files so they can never be mistaken for real ones downstream
+            enc.files = [f"synthetic/fold{fold}/{arm.name}/{f}" for f in enc.files]
+            parts.append(enc)
+        train = LabelledImages.concat(parts)
+        val = self.own.take(val_idx)
+        fcfg = dataclasses.replace(self.tc, seed=self.tc.seed + fold)  # same init for every arm of a fold
+        res = train_classifier(
+            train, val, self.target, fcfg, out_dir=None, class_weight=self.class_weight,
+            meta_extra={"fold": fold, "arm": arm.name}, desc=f"fold {fold} {arm.name}",
+        )
+        norm = res.meta["normalisation"]
+        device = next(res.model.parameters()).device
+        probs = res.val_probs
+        if probs is None:
+            probs = predict_probs(res.model, val.images, norm["mean"], norm["std"], self.tc.eval_batch, device)
+        names = list(self.target.class_names)
+        m = metrics.evaluate(probs, val.targets, names, cells=[self.cells[i] for i in val_idx],
+                             cell_names=self.cell_factors, cell_order=self.cell_order)
+        rec = {
+            "fold": fold, "arm": arm.to_dict(), "class_names": names, "n_train_real": int(len(train_idx)),
+            "n_synthetic": n_syn, "best_epoch": res.best_epoch,
+            "val": {"files": [self.imageset[i].file for i in val_idx], "probs": np.round(probs, 6).tolist(), "metrics": m},
+            "test": None,
+        }
+        if self.test is not None:
+            tp = predict_probs(res.model, self.test.images, norm["mean"], norm["std"], self.tc.eval_batch, device)
+            tm = metrics.evaluate(tp, self.test.targets, names, cells=self.test_cells, cell_names=self.cell_factors,
+                                  cell_order=self.cell_order)
+            rec["test"] = {"probs": np.round(tp, 6).tolist(), "metrics": tm}
+        return rec
+
+    # ---- scheduling --------------------------------------------------------------------------
+    def run_all(self) -> None:
+        from tqdm.auto import tqdm
+
+        todo = [(f, a) for f in range(self.k) for a in self.arms]
+        pending = [c for c in todo if not cell_path(self.out, c[0], c[1].name).is_file()]
+        bar = tqdm(total=len(todo), initial=len(todo) - len(pending), desc="ablation", unit="cell",
+                   disable=not self.config.progress)
+        try:
+            while pending:
+                waiting = []
+                for fold, arm in pending:
+                    path = cell_path(self.out, fold, arm.name)
+                    if path.is_file():
+                        bar.update(1)
+                        continue
+                    claim = try_claim(path.with_suffix(".lock"))
+                    if claim is None:
+                        waiting.append((fold, arm))  # another process works on it
+                        continue
+                    with claim:
+                        if not path.is_file():  # finished by someone else meanwhile?
+                            bar.set_postfix_str(f"fold {fold} {arm.name}")
+                            write_json(path, self.run_cell(fold, arm))
+                            self.trained.append((fold, arm.name))
+                    bar.update(1)
+                pending = waiting
+                if pending:
+                    time.sleep(POLL_SECONDS)
+        finally:
+            bar.close()
+
+    # ---- collecting --------------------------------------------------------------------------
+    def collect(self) -> dict:
+        from classifiers import metrics
+        from classifiers.ensemble import gated_average
+        from synth.ablation.stats import ablation_statistics
+
+        names = list(self.target.class_names)
+        targets = self.own.targets
+        y = targets.argmax(1)
+        files = [r.file for r in self.imageset.records]
+        sizes = np.bincount(self.folds, minlength=self.k)
+        n_test = float(sizes.mean())
+        n_train = float(len(self.folds) - n_test)
+        acc, bal, correct, oof_metrics, fold_rows = {}, {}, {}, {}, {}
+        t_acc, t_bal, t_correct, t_metrics = {}, {}, {}, {}
+        for arm in self.arms:
+            oof = np.zeros_like(targets)
+            recs = []
+            model_probs = []
+            for f in range(self.k):
+                rec = read_json(cell_path(self.out, f, arm.name))
+                if rec is None:
+                    raise AblationError(f"cell fold {f} / {arm.name} has no result")
+                if rec["class_names"] != names:
+                    raise AblationError(f"{cell_path(self.out, f, arm.name)}: classes differ from this run; use --force")
+                idx = np.flatnonzero(self.folds == f)
+                if rec["val"]["files"] != [files[i] for i in idx]:
+                    raise AblationError(f"{cell_path(self.out, f, arm.name)}: held-out images differ from folds.csv; use --force")
+                oof[idx] = np.asarray(rec["val"]["probs"], dtype=np.float32)
+                recs.append(rec)
+                if self.test is not None:
+                    if rec.get("test") is None:
+                        raise AblationError(f"{cell_path(self.out, f, arm.name)}: has no test predictions; use --force")
+                    model_probs.append(np.asarray(rec["test"]["probs"], dtype=np.float32))
+            acc[arm.name] = [r["val"]["metrics"]["accuracy"] for r in recs]
+            bal[arm.name] = [r["val"]["metrics"]["balanced_accuracy"] for r in recs]
+            correct[arm.name] = oof.argmax(1) == y
+            oof_metrics[arm.name] = metrics.evaluate(oof, targets, names, cells=self.cells, cell_names=self.cell_factors,
+                                                     cell_order=self.cell_order)
+            fold_rows[arm.name] = [
+                {"fold": r["fold"], "accuracy": r["val"]["metrics"]["accuracy"],
+                 "balanced_accuracy": r["val"]["metrics"]["balanced_accuracy"], "n_synthetic": r["n_synthetic"],
+                 "best_epoch": r["best_epoch"]} for r in recs
+            ]
+            if self.test is not None:
+                ens = gated_average(np.stack(model_probs)).probs
+                t_acc[arm.name] = [r["test"]["metrics"]["accuracy"] for r in recs]
+                t_bal[arm.name] = [r["test"]["metrics"]["balanced_accuracy"] for r in recs]
+                t_correct[arm.name] = ens.argmax(1) == self.test.targets.argmax(1)
+                t_metrics[arm.name] = metrics.evaluate(ens, self.test.targets, names, cells=self.test_cells,
+                                                       cell_names=self.cell_factors, cell_order=self.cell_order)
+        cfg = self.config
+        results: dict = {
+            "format": "synth-ablation-results/1",
+            "config": cfg.to_dict(),
+            "arms": [a.to_dict() for a in self.arms],
+            "reference": REFERENCE_ARM,
+            "class_names": names,
+            "cell_names": self.cell_factors,
+            "k": self.k,
+            "fold_sizes": sizes.tolist(),
+            "n_images": len(self.imageset),
+            "generator": {
+                "mode": "per_fold" if cfg.gan_per_fold else "shared",
+                "network": cfg.network,
+                "gan_kimg": cfg.gan_kimg if cfg.gan_per_fold else None,
+                # A shared network trained on all images has seen every held-out image.
+                "may_leak": not cfg.gan_per_fold,
+            },
+            "cv": {
+                "statistics": {
+                    "accuracy": ablation_statistics(acc, n_train, n_test, correct, REFERENCE_ARM),
+                    "balanced_accuracy": ablation_statistics(bal, n_train, n_test, None, REFERENCE_ARM),
+                },
+                "oof": oof_metrics,
+                "folds": fold_rows,
+            },
+            "test": None,
+        }
+        for arm in self.arms:  # pooled balanced accuracy of the out-of-fold (ensemble) predictions
+            results["cv"]["statistics"]["balanced_accuracy"]["arms"][arm.name]["pooled"] = oof_metrics[arm.name]["balanced_accuracy"]
+        if self.test is not None:
+            results["test"] = {
+                "n_images": len(self.test_set),
+                "ensemble": t_metrics,
+                "statistics": {
+                    "accuracy": ablation_statistics(t_acc, None, None, t_correct, REFERENCE_ARM),
+                    "balanced_accuracy": ablation_statistics(t_bal, None, None, None, REFERENCE_ARM),
+                },
+            }
+            for arm in self.arms:
+                results["test"]["statistics"]["balanced_accuracy"]["arms"][arm.name]["pooled"] = t_metrics[arm.name]["balanced_accuracy"]
+        return results
+
+
+def run_ablation(config: AblationConfig, out_dir: str | Path, force: bool = False) -> AblationResult:
+    """Run (or resume) the ablation described by ``config`` in ``out_dir``; see the module doc.
+
+    Finished cells found in ``out_dir`` are reused unless ``force``, which deletes every
+    earlier output of the folder first (never use it while another process works there).
+    """
+    from synth.ablation.report import write_report
+
+    arms = _check_config(config)
+    out = Path(out_dir)
+    prepare_out_dir(out, config, force)
+    if force:
+        from classifiers.data import clear_image_cache
+
+        clear_image_cache()  # regenerated synthetic images reuse file names
+    run = _Run(config, out, arms)
+    run.run_all()
+    results = run.collect()
+    write_report(out, results)
+    return AblationResult(out, arms, run.folds, results, run.trained)

@@ -1,0 +1,267 @@
+"""Augmentation-gain ablation: statistics, fold hygiene, resume, reports and CLI errors."""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from synth.conditions import ConditionSpace
+from tests.helpers import grid_rows, write_tiny_dataset
+
+SCHEMA = ("factors:\n- {name: disease, levels: [syndrome_a, syndrome_b, unaffected], embed_dim: 8, control: unaffected}\n"
+          "- {name: age, levels: [infant, child, adolescent], embed_dim: 8, ordinal: true}\n")
+SPACE = ConditionSpace.from_dict({"factors": [
+    {"name": "disease", "levels": ["syndrome_a", "syndrome_b", "unaffected"], "embed_dim": 8, "control": "unaffected"},
+    {"name": "age", "levels": ["infant", "child", "adolescent"], "embed_dim": 8, "ordinal": True},
+]})
+# a per-fold GAN small enough for a few CPU steps
+TINY_GAN = dict(resolution=16, batch=4, z_dim=16, w_dim=16, map_layers=1, channel_base=256, channel_max=16,
+                mbstd_group=2, progress=False, aug="none")
+
+
+def tiny_train(**kw):
+    from classifiers.train import TrainConfig
+
+    # timm's ~100k-parameter EfficientNet, fast at 32 px
+    base = dict(model="test_efficientnet", size=32, epochs=1, batch=8, lr=1e-3, aug="none", progress=False, device="cpu",
+                warmup=0.0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("abl")
+    rows = grid_rows(["syndrome_a", "syndrome_b", "unaffected"], ["infant", "child", "adolescent"], per_cell=2)
+    return write_tiny_dataset(root / "ds", rows, schema=SCHEMA)
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory):
+    from synth.networks import Generator
+    from synth.training.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    G = Generator(z_dim=16, w_dim=16, space=SPACE, img_resolution=16, mapping_kwargs={"num_layers": 1},
+                  synthesis_kwargs={"channel_base": 256, "channel_max": 16}).eval()
+    path = tmp_path_factory.mktemp("net") / "g.ckpt"
+    save_checkpoint(path, {"G_ema": G, "space": SPACE})
+    return path
+
+
+def config(data, network=None, **kw):
+    from synth.ablation import AblationConfig
+
+    base = dict(data=str(data), types=["unrelated", "age_progression"], k=2, network=str(network) if network else None,
+                train=tiny_train(), psi=1.0, progress=False)
+    base.update(kw)
+    return AblationConfig(**base)
+
+
+class Recorder:
+    """Wraps train_classifier: counts trainings, remembers what each one saw, can fail."""
+
+    def __init__(self, fail_after: int | None = None):
+        import classifiers.train
+
+        self.real = classifiers.train.train_classifier
+        self.calls: list[dict] = []
+        self.fail_after = fail_after
+
+    def __call__(self, train, val, target, cfg, **kw):
+        if self.fail_after is not None and len(self.calls) >= self.fail_after:
+            raise KeyboardInterrupt  # what a killed run looks like to the caller
+        self.calls.append({"train_files": list(train.files), "source": list(train.source), "val_files": list(val.files),
+                           "desc": kw.get("desc"), "seed": cfg.seed})
+        return self.real(train, val, target, cfg, **kw)
+
+
+# ----------------------------------------------------------------------------------------
+
+
+def test_statistics_match_hand_computed_values():
+    from synth.ablation import ablation_statistics
+
+    scores = {"real": [0.6, 0.7, 0.8], "arm": [0.7, 0.75, 0.9]}
+    correct = {"real": np.array([1, 1, 0, 0, 1, 0], bool), "arm": np.array([1, 0, 1, 1, 1, 1], bool)}
+    st = ablation_statistics(scores, n_train=20, n_test=10, correct=correct)
+    d = st["arms"]["arm"]["difference"]
+    # differences 0.1, 0.05, 0.1: mean 1/12, sd sqrt(1/1200), se = sd / sqrt(3), t = 5
+    mean, sd = 1 / 12, math.sqrt((2 * (1 / 60) ** 2 + (1 / 30) ** 2) / 2)
+    assert d["mean"] == pytest.approx(mean) and d["sd"] == pytest.approx(sd)
+    assert d["t"] == pytest.approx(5.0)
+    t975 = 4.302652729911275  # t quantile, 2 degrees of freedom
+    assert d["ci_low"] == pytest.approx(mean - t975 * sd / math.sqrt(3))
+    assert d["ci_high"] == pytest.approx(mean + t975 * sd / math.sqrt(3))
+    assert d["p_value"] == pytest.approx(2 * (1 - (0.5 + 5 / (2 * math.sqrt(27)))))  # closed form of the t(2) cdf
+    c = st["arms"]["arm"]["corrected"]
+    se = sd * math.sqrt(1 / 3 + 10 / 20)  # Nadeau-Bengio: var * (1/k + n_test/n_train)
+    assert c["t"] == pytest.approx(mean / se)
+    assert c["ci_low"] == pytest.approx(mean - t975 * se) and c["p_value"] > d["p_value"]
+    m = st["arms"]["arm"]["mcnemar"]
+    assert (m["reference_only"], m["arm_only"]) == (1, 3)
+    assert m["p_value"] == pytest.approx(2 * 5 / 16) and m["exact"]  # binomial: 2 * P(X <= 1 | 4, 1/2)
+    assert st["arms"]["real"]["mean"] == pytest.approx(0.7) and st["arms"]["arm"]["pooled"] == pytest.approx(5 / 6)
+    assert st["small_k"] and "difference" not in st["arms"]["real"]
+    assert "corrected" not in ablation_statistics(scores, None, None)["arms"]["arm"]
+
+
+def test_claims_are_exclusive_and_stale_ones_are_taken_over(tmp_path):
+    from synth.ablation.cache import try_claim
+
+    lock = tmp_path / "cell.lock"
+    first = try_claim(lock)
+    assert first is not None and try_claim(lock) is None  # held by a live process (us)
+    first.release()
+    import socket
+
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": 2**22 + 12345, "time": 0}))  # no such process
+    again = try_claim(lock)
+    assert again is not None
+    again.release()
+    assert not lock.exists()
+
+
+def test_arms_and_bad_types():
+    from synth.ablation import AblationError, build_arms
+
+    arms = build_arms(["unrelated", "blended", "blended:0.75"], [1.0, 2.0])
+    assert [a.name for a in arms] == ["real", "unrelated", "unrelated_x2", "blended", "blended_x2", "blended75", "blended75_x2"]
+    assert arms[5].mixes == (0.75,) and arms[3].mixes == (0.55,)
+    with pytest.raises(AblationError, match="unknown type 'sideways'"):
+        build_arms(["sideways"], [1.0])
+    with pytest.raises(AblationError, match="--ratio"):
+        build_arms(["unrelated"], [0.0])
+
+
+def test_ablation_folds_resume_and_report(tmp_path, data, network, monkeypatch):
+    import synth.ablation.runner as runner
+    from synth.ablation import run_ablation
+    from synth.data.dataset import open_dataset
+    from synth.data.folds import read_folds
+
+    out = tmp_path / "out"
+    cfg = config(data, network, test_data=str(data))
+    # a run killed after 4 of its 6 cells ...
+    rec = Recorder(fail_after=4)
+    monkeypatch.setattr(runner, "train_classifier", rec)
+    with pytest.raises(KeyboardInterrupt):
+        run_ablation(cfg, out)
+    assert len(list((out / "cells").glob("fold*/*.json"))) == 4
+    assert not list((out / "cells").glob("fold*/*.lock"))  # claims are released on the way out
+    # ... resumes with the two missing cells only
+    rec2 = Recorder()
+    monkeypatch.setattr(runner, "train_classifier", rec2)
+    res = run_ablation(cfg, out)
+    assert len(rec2.calls) == 2 and len(res.trained) == 2
+
+    ds = open_dataset(data)
+    folds = read_folds(out / "folds.csv", ds)
+    real_files = {r.file for r in ds.records}
+    for call in rec.calls + rec2.calls:
+        fold = int(call["desc"].split()[1])
+        held_out = {r.file for r, f in zip(ds.records, folds) if f == fold}
+        assert set(call["val_files"]) == held_out  # only real held-out images are scored
+        real_train = [f for f, s in zip(call["train_files"], call["source"]) if s == "own"]
+        assert set(real_train) == real_files - held_out
+        syn = [f for f, s in zip(call["train_files"], call["source"]) if s == "extra"]
+        assert ("real" in call["desc"]) == (not syn)
+        assert all(f.startswith(f"synthetic/fold{fold}/") for f in syn)  # only this fold's synthetic set
+        assert call["seed"] == fold  # every arm of a fold starts from the same initialisation
+
+    # all images of one z (one progression) sit in one fold's set; counts follow the training folds
+    for fold in range(2):
+        syn = open_dataset(out / "synthetic" / f"fold{fold}" / "age_progression")
+        groups = [r.subject for r in syn.records]
+        assert all(groups.count(g) == 5 for g in groups)  # 5 progression steps per identity
+        other = open_dataset(out / "synthetic" / f"fold{1 - fold}" / "age_progression")
+        assert not set(groups) & {r.subject for r in other.records}
+        train_idx = [i for i, f in enumerate(folds) if f != fold]
+        n_aff = {d: sum(ds[i].labels["disease"] == d for i in train_idx) for d in ("syndrome_a", "syndrome_b")}
+        unrel = open_dataset(out / "synthetic" / f"fold{fold}" / "unrelated")
+        for d, n in n_aff.items():  # study rule: per age, round(mean count over the ages)
+            assert sum(r.labels["disease"] == d for r in unrel.records) == 3 * int(n / 3 + 0.5)
+        assert not any(r.labels["disease"] == "unaffected" for r in unrel.records)
+
+    # a deleted cell is the only one redone; the report is rebuilt from all cells
+    (out / "cells" / "fold1" / "unrelated.json").unlink()
+    rec3 = Recorder()
+    monkeypatch.setattr(runner, "train_classifier", rec3)
+    res2 = run_ablation(cfg, out)
+    assert [c["desc"] for c in rec3.calls] == ["fold 1 unrelated"]
+    for name in ("report.md", "results.json", "per_arm.csv", "per_cell.csv", "gain.png"):
+        assert (out / name).stat().st_size > 0
+    results = json.loads((out / "results.json").read_text())
+    st = results["cv"]["statistics"]["accuracy"]
+    assert set(st["arms"]) == {"real", "unrelated", "age_progression"}
+    cells = [json.loads((out / "cells" / f"fold{f}" / "real.json").read_text()) for f in range(2)]
+    assert st["arms"]["real"]["scores"] == [c["val"]["metrics"]["accuracy"] for c in cells]
+    gain = np.subtract(st["arms"]["unrelated"]["scores"], st["arms"]["real"]["scores"]).mean()
+    assert st["arms"]["unrelated"]["difference"]["mean"] == pytest.approx(gain)
+    assert st["n_test"] == pytest.approx(len(ds) / 2) and st["n_train"] == pytest.approx(len(ds) / 2)
+    assert results["test"]["statistics"]["accuracy"]["arms"]["real"]["scores"]
+    report = (out / "report.md").read_text()
+    assert "only 2 folds" in report and "leaked" in report
+    assert res2.results["cv"]["statistics"] == results["cv"]["statistics"]
+
+    # another plan in the same folder is refused (--force would wipe it)
+    from synth.ablation import AblationError
+
+    with pytest.raises(AblationError, match="different settings"):
+        run_ablation(config(data, network, test_data=str(data), seed=3), out)
+
+
+def test_gan_per_fold_trains_on_training_folds_only(tmp_path, data, monkeypatch):
+    from synth.ablation import run_ablation
+    from synth.data.dataset import open_dataset
+    from synth.data.folds import read_folds
+
+    cfg = config(data, None, gan_per_fold=True, types=["unrelated"], gan_kimg=0.004, gan_resolution=16, gan_options=TINY_GAN)
+    out = tmp_path / "out"
+    res = run_ablation(cfg, out)
+    ds = open_dataset(data)
+    folds = read_folds(out / "folds.csv", ds)
+    for f in range(2):
+        info = json.loads((out / "gans" / f"fold{f}" / "generator.json").read_text())
+        assert info["n_images"] == int((folds != f).sum()) and info["kimg"] == pytest.approx(0.004)
+        assert (out / "gans" / f"fold{f}" / info["snapshot"]).is_file()
+    assert res.results["generator"]["mode"] == "per_fold" and not res.results["generator"]["may_leak"]
+    assert len(res.trained) == 4
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--types", "unrelated,sideways"], "unknown type 'sideways'"),
+    (["--ratio", "0"], "--ratio"),
+    (["--ratio", "-1"], "--ratio"),
+    (["--data", "MISSING"], "--data"),
+    (["--network", "MISSING"], "--network"),
+    (["--network", None], "--network"),
+    (["--gan-per-fold"], "exclude each other"),
+    (["--model", "no_such_net"], "unknown model"),
+])
+def test_cli_bad_arguments_fail_in_one_line(tmp_path, data, network, args, message):
+    from synth.ablation.cli import ablate
+
+    opts = {"--data": str(data), "--network": str(network), "--out": str(tmp_path / "o"), "--folds": "2",
+            "--model": "test_efficientnet", "--size": "32", "--epochs": "1"}
+    extra = []
+    for i in range(0, len(args), 2):
+        key, val = args[i], args[i + 1] if i + 1 < len(args) else None
+        if key == "--gan-per-fold":
+            extra.append(key)
+            continue
+        if val is None:
+            opts.pop(key)
+        else:
+            opts[key] = str(tmp_path / val) if val == "MISSING" else val
+    argv = [x for kv in opts.items() for x in kv] + extra + ["--no-progress"]
+    r = CliRunner().invoke(ablate, argv)
+    assert r.exit_code != 0
+    lines = [ln for ln in r.output.strip().splitlines() if ln.startswith("Error")]
+    assert len(lines) == 1 and message in lines[0], r.output
+    assert not (tmp_path / "o" / "cells").exists()
