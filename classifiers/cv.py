@@ -131,8 +131,6 @@ def resolve_folds(imageset, folds, k: int, seed: int, stratify=None) -> np.ndarr
         return arr
     except DatasetError as e:
         raise CVError(str(e)) from None
-    except ValueError as e:  # scikit-learn's splitter refuses too few members per cell
-        raise CVError(f"--folds {k}: cannot make {k} grouped, stratified folds ({str(e).splitlines()[0]})") from None
 
 
 def check_fold_classes(class_names: Sequence[str], fold_targets: Mapping[int, np.ndarray], total: np.ndarray) -> None:

@@ -46,8 +46,11 @@ def make_folds(
     with warnings.catch_warnings():
         # Tiny cells cannot be spread over every fold; that is expected and reported by `data check`.
         warnings.simplefilter("ignore", UserWarning)
-        for fold, (_, test_idx) in enumerate(splitter.split(np.zeros(n), strata, groups)):
-            folds[test_idx] = fold
+        try:
+            for fold, (_, test_idx) in enumerate(splitter.split(np.zeros(n), strata, groups)):
+                folds[test_idx] = fold
+        except ValueError as e:  # scikit-learn's word for "too few members to split"
+            raise DatasetError(f"{imageset.root}: cannot make {k} grouped folds ({e})".splitlines()[0]) from None
     assert (folds >= 0).all()
     return folds
 
