@@ -109,6 +109,12 @@ def test_short_run_writes_stats_grids_and_snapshot(small_dataset, tmp_path):
         img = G(torch.randn(3, 16), torch.from_numpy(np.stack([space.encode({"disease": "unaffected", "age": "child"})] * 3)))
     assert img.shape == (3, 3, 16, 16) and torch.isfinite(img).all()
     assert "tick 2" in (run / "log.txt").read_text()
+    # The snapshot carries the training cell counts, so generation can apply the study's
+    # count rule without the training data.
+    from synth.synthesis.counts import counts_from_meta
+
+    assert counts_from_meta(meta, space) == t.imageset.cell_counts()
+    assert sum(counts_from_meta(meta, space).values()) == len(t.imageset)
 
 
 def test_resume_continues_exactly(small_dataset, tmp_path):

@@ -504,6 +504,12 @@ class Trainer:
             },
             "kimg": self.cur_nimg / 1000,
             "augment_p": self.augment_p(),
+            # Training images per condition cell: `synth generate` applies the study's count
+            # rule from these when the training data is not at hand.
+            "cell_counts": [
+                {"labels": dict(zip(self.space.names, cell)), "count": int(n)}
+                for cell, n in self.imageset.cell_counts().items()
+            ],
         }
         if self.augment_pipe is not None:
             state["augment_pipe"] = {"config": self.augment_pipe.config()}
