@@ -514,22 +514,12 @@ def random_projection_embedder(shape: tuple[int, int], dim: int = 64, seed: int 
 
 
 def _load_state_dict(path: Path) -> dict:
-    if not path.is_file():
-        raise AttributionError(f"{path}: backbone weights file not found")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    from synth.utils.weights import WeightsFileError, read_state_dict
 
-            sd = load_file(str(path))
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise AttributionError(f"{path}: cannot read backbone weights ({type(e).__name__})") from None
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict):
-        raise AttributionError(f"{path}: expected a state dict of tensors")
-    return sd
+    try:
+        return read_state_dict(path)
+    except WeightsFileError as e:
+        raise AttributionError(f"backbone {e}") from None
 
 
 def backbone_embedder(

@@ -109,25 +109,12 @@ def resolve_pretrained(name: str, pretrained: bool | str | os.PathLike | None) -
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a state dict without executing code (safetensors, or torch with weights_only)."""
-    path = Path(path)
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    from synth.utils.weights import WeightsFileError, read_state_dict
 
-            sd = load_file(str(path))
-        else:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ModelError(f"{path}: cannot read weights ({msg})") from None
-    # Common wrappers of training checkpoints.
-    for key in ("state_dict", "model", "state_dict_ema", "model_ema"):
-        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
-            sd = sd[key]
-            break
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ModelError(f"{path}: not a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in sd.items()}
+    try:
+        return read_state_dict(path)
+    except WeightsFileError as e:
+        raise ModelError(str(e)) from None
 
 
 def _load_backbone_weights(model: torch.nn.Module, path: Path, in_chans: int) -> None:

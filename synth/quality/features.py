@@ -90,21 +90,12 @@ def random_backbone_extractor(
 
 def _read_tensor_file(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from safetensors or a tensor-only torch file (never unpickles code)."""
-    if not path.is_file():
-        raise QualityError(f"--inception {path}: weights file not found")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    from synth.utils.weights import WeightsFileError, read_state_dict
 
-            sd = load_file(str(path))
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        msg = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
-        raise QualityError(f"--inception {path}: cannot read weights ({msg})") from None
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise QualityError(f"--inception {path}: expected a state dict of tensors")
-    return sd
+    try:
+        return read_state_dict(path)
+    except WeightsFileError as e:
+        raise QualityError(f"--inception {e}") from None
 
 
 def inception_extractor(path: str | Path, device: str = "cpu", batch: int = 32, progress: bool = False) -> FeatureExtractor:
