@@ -6,7 +6,7 @@ using paired statistics (:func:`ablation_statistics`).  ``synth ablate`` is the 
 """
 from __future__ import annotations
 
-import importlib
+from synth.utils.lazy import lazy_exports
 
 _EXPORTS = {
     "AblationConfig": "plan",
@@ -19,11 +19,4 @@ _EXPORTS = {
     "write_report": "report",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    # lazy, so that `synth --help` does not import torch
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"synth.ablation.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'synth.ablation' has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

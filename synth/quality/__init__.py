@@ -10,7 +10,7 @@ Names are imported lazily so that ``synth --help`` does not pay for importing to
 """
 from __future__ import annotations
 
-import importlib
+from synth.utils.lazy import lazy_exports
 
 _EXPORTS = {
     "QualityError": "errors",
@@ -39,10 +39,4 @@ _EXPORTS = {
     "render_markdown": "report",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"synth.quality.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'synth.quality' has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

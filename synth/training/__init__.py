@@ -4,19 +4,7 @@ Heavy modules are imported lazily so ``import synth.training`` stays cheap.
 """
 from __future__ import annotations
 
-import importlib
-
-__all__ = [
-    "TrainingOptions",
-    "Trainer",
-    "TrainingError",
-    "TrainingDiverged",
-    "save_checkpoint",
-    "load_checkpoint",
-    "load_generator",
-    "CheckpointError",
-    "resolve_preset",
-]
+from synth.utils.lazy import lazy_exports
 
 _WHERE = {
     "TrainingOptions": "training_loop",
@@ -30,8 +18,4 @@ _WHERE = {
     "resolve_preset": "presets",
 }
 
-
-def __getattr__(name: str):
-    if name in _WHERE:
-        return getattr(importlib.import_module(f"synth.training.{_WHERE[name]}"), name)
-    raise AttributeError(f"module 'synth.training' has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _WHERE)
