@@ -51,3 +51,27 @@ def grid_rows(diseases, ages, per_cell: int, subjects_per_image: int = 1) -> lis
                 rows.append({"file": f"img/{k:04d}.png", "disease": d, "age": a, "subject": f"s{k // subjects_per_image:04d}"})
                 k += 1
     return rows
+
+
+def assert_close(a, b):
+    import torch
+
+    # plain torch.allclose: importing torch.testing costs seconds on a loaded machine
+    assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5, rtol=1e-5), (a - b).abs().max()
+
+
+def tiny_generator(space, seed: int = 0):
+    """A 16 px random-init conditional generator with non-zero noise strengths, so that the
+    noise modes actually differ and "const" noise matters for exactness."""
+    import torch
+
+    from synth.networks import Generator
+
+    torch.manual_seed(seed)
+    G = Generator(z_dim=16, w_dim=16, space=space, img_resolution=16, mapping_kwargs={"num_layers": 1},
+                  synthesis_kwargs={"channel_base": 256, "channel_max": 16})
+    with torch.no_grad():
+        for name, p in G.named_parameters():
+            if name.endswith("noise_strength"):
+                p.fill_(0.3)
+    return G.eval()

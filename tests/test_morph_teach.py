@@ -13,28 +13,11 @@ from click.testing import CliRunner
 
 from synth.conditions import ConditionSpace
 from synth.synthesis.errors import SynthesisError
+from tests.helpers import assert_close, tiny_generator
 
 SPACE = ConditionSpace.default(["disease", "age"], embed_total=32)
 SKIN = ConditionSpace.from_levels({"stage": ["early", "intermediate", "late"]}, embed_total=16,
                                   ties={"stage": {"intermediate": ["early", "late"]}})
-
-
-def assert_close(a, b):
-    # plain torch.allclose: importing torch.testing costs seconds on a loaded machine
-    assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5, rtol=1e-5), (a - b).abs().max()
-
-
-def tiny_generator(space: ConditionSpace, seed: int = 0):
-    from synth.networks import Generator
-
-    torch.manual_seed(seed)
-    G = Generator(z_dim=16, w_dim=16, space=space, img_resolution=16, mapping_kwargs={"num_layers": 1},
-                  synthesis_kwargs={"channel_base": 256, "channel_max": 16})
-    with torch.no_grad():  # non-zero noise so "const" noise matters for exactness
-        for name, p in G.named_parameters():
-            if name.endswith("noise_strength"):
-                p.fill_(0.3)
-    return G.eval()
 
 
 @pytest.fixture(scope="module")

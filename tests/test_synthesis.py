@@ -13,6 +13,7 @@ from PIL import Image
 from synth.conditions import ConditionSpace
 from synth.synthesis.counts import parse_exclusions, resolve_roles, study_counts, uniform_counts
 from synth.synthesis.errors import SynthesisError
+from tests.helpers import assert_close, tiny_generator
 from synth.synthesis.labels import (
     SeedStream,
     default_style_layers,
@@ -24,25 +25,6 @@ from synth.synthesis.labels import (
 
 SPACE = ConditionSpace.default(["disease", "age"], embed_total=32)
 AGES = SPACE.factor("age").levels
-
-
-def assert_close(a, b):
-    # plain torch.allclose: importing torch.testing costs seconds on a loaded machine
-    assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5, rtol=1e-5), (a - b).abs().max()
-
-
-def tiny_generator(space: ConditionSpace, seed: int = 0):
-    from synth.networks import Generator
-
-    torch.manual_seed(seed)
-    G = Generator(z_dim=16, w_dim=16, space=space, img_resolution=16, mapping_kwargs={"num_layers": 1},
-                  synthesis_kwargs={"channel_base": 256, "channel_max": 16})
-    # noise strengths start at 0; make them non-zero so noise modes actually differ
-    with torch.no_grad():
-        for name, p in G.named_parameters():
-            if name.endswith("noise_strength"):
-                p.fill_(0.3)
-    return G.eval()
 
 
 @pytest.fixture(scope="module")
