@@ -391,7 +391,7 @@ def bootstrap_ci(
 # --------------------------------------------------------------------------------------
 # reports
 # --------------------------------------------------------------------------------------
-def _csv_text(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+def csv_text(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(header)
@@ -455,19 +455,19 @@ def write_report(out_dir: str | Path, result: dict, class_names: Sequence[str] |
     fields = ["support", "sensitivity", "specificity", "precision", "f1", "auc"]
     atomic_write_text(
         paths["per_class"],
-        _csv_text(["class"] + fields, [[c] + [result["per_class"][c].get(f) for f in fields] for c in class_names]),
+        csv_text(["class"] + fields, [[c] + [result["per_class"][c].get(f) for f in fields] for c in class_names]),
     )
     cm = result["confusion_matrix"]
     atomic_write_text(
         paths["confusion_csv"],
-        _csv_text(["true\\predicted"] + class_names, [[c] + list(row) for c, row in zip(class_names, cm)]),
+        csv_text(["true\\predicted"] + class_names, [[c] + list(row) for c, row in zip(class_names, cm)]),
     )
     plot_confusion_matrix(paths["confusion_png"], cm, class_names)
     if "per_cell" in result:
         paths["per_cell"] = out / f"{prefix}per_cell.csv"
         header = list(result.get("cell_names") or []) + ["n", "correct", "accuracy"]
         rows = [list(r["cell"]) + [r["n"], r["correct"], r["accuracy"]] for r in result["per_cell"]]
-        atomic_write_text(paths["per_cell"], _csv_text(header, rows))
+        atomic_write_text(paths["per_cell"], csv_text(header, rows))
     return paths
 
 
@@ -480,20 +480,20 @@ def write_summary(out_dir: str | Path, summary: dict, prefix: str = "") -> dict[
     paths = {"summary": out / f"{prefix}summary.json", "scalars": out / f"{prefix}summary.csv",
              "per_class": out / f"{prefix}per_class_summary.csv"}
     atomic_write_text(paths["summary"], json.dumps(summary, indent=2) + "\n")
-    atomic_write_text(paths["scalars"], _csv_text(
+    atomic_write_text(paths["scalars"], csv_text(
         ["metric", "mean", "sd", "n"],
         [[k, v["mean"], v["sd"], v["n"]] for k, v in summary["metrics"].items()]))
     rows = []
     for cname, metrics in summary["per_class"].items():
         for m, v in metrics.items():
             rows.append([cname, m, v["mean"], v["sd"], v["n"]])
-    atomic_write_text(paths["per_class"], _csv_text(["class", "metric", "mean", "sd", "n"], rows))
+    atomic_write_text(paths["per_class"], csv_text(["class", "metric", "mean", "sd", "n"], rows))
     if "per_cell" in summary:
         paths["per_cell"] = out / f"{prefix}per_cell_summary.csv"
         header = list(summary.get("cell_names") or []) + ["n", "accuracy_mean", "accuracy_sd", "folds"]
         rows = [list(r["cell"]) + [r["n"], r["accuracy"]["mean"], r["accuracy"]["sd"], r["accuracy"]["n"]]
                 for r in summary["per_cell"]]
-        atomic_write_text(paths["per_cell"], _csv_text(header, rows))
+        atomic_write_text(paths["per_cell"], csv_text(header, rows))
     if "confusion_matrix" in summary and summary.get("class_names"):
         paths["confusion_png"] = out / f"{prefix}confusion_matrix.png"
         plot_confusion_matrix(paths["confusion_png"], summary["confusion_matrix"], summary["class_names"],

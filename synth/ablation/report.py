@@ -2,11 +2,10 @@
 per_cell.csv and gain.png (every file written atomically)."""
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 
+from classifiers.metrics import csv_text
 from synth.utils.io import atomic_save, atomic_write_text
 
 __all__ = ["write_report", "render_markdown", "plot_gain"]
@@ -49,15 +48,6 @@ def _arm_rows(results: dict) -> list[list]:
 ARM_HEADER = ["scope", "metric", "arm", "type", "ratio", "mean", "sd", "pooled", "diff_mean", "diff_ci_low",
               "diff_ci_high", "p_paired_t", "corrected_ci_low", "corrected_ci_high", "p_corrected", "mcnemar_reference_only",
               "mcnemar_arm_only", "p_mcnemar", "k"]
-
-
-def _csv(header, rows) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    for r in rows:
-        w.writerow(["" if v is None else (f"{v:.6g}" if isinstance(v, float) else v) for v in r])
-    return buf.getvalue()
 
 
 def _cell_rows(results: dict) -> list[list]:
@@ -217,8 +207,8 @@ def write_report(out_dir: str | Path, results: dict) -> dict[str, Path]:
     out = Path(out_dir)
     paths = {n: out / n for n in ("results.json", "per_arm.csv", "per_cell.csv", "report.md", "gain.png")}
     atomic_write_text(paths["results.json"], json.dumps(results, indent=1) + "\n")
-    atomic_write_text(paths["per_arm.csv"], _csv(ARM_HEADER, _arm_rows(results)))
-    atomic_write_text(paths["per_cell.csv"], _csv(["scope", "arm", *results["cell_names"], "n", "correct", "accuracy"],
+    atomic_write_text(paths["per_arm.csv"], csv_text(ARM_HEADER, _arm_rows(results)))
+    atomic_write_text(paths["per_cell.csv"], csv_text(["scope", "arm", *results["cell_names"], "n", "correct", "accuracy"],
                                                   _cell_rows(results)))
     plot_gain(paths["gain.png"], results)
     atomic_write_text(paths["report.md"], render_markdown(results))
