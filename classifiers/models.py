@@ -29,9 +29,18 @@ class ModelError(ValueError):
     """Unknown model name or unusable weights (one-line message)."""
 
 
+def _timm():
+    """timm, with this package's own models (``small_cnn``...) in its registry."""
+    import timm
+
+    import classifiers.small_cnn  # noqa: F401  (registers the models)
+
+    return timm
+
+
 def check_model_name(name: str) -> str:
     """Return ``name`` if timm knows it, else raise with close matches."""
-    import timm
+    timm = _timm()
 
     if timm.is_model(name):
         return name
@@ -156,7 +165,7 @@ def create_model(
     drop_path_rate: float | None = None,
 ) -> torch.nn.Module:
     """A timm model with ``num_classes`` outputs; weights only from local files (see module doc)."""
-    import timm
+    timm = _timm()
 
     check_model_name(name)
     if num_classes < 1:

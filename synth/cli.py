@@ -31,7 +31,7 @@ def main() -> None:
 def _register() -> None:
     from synth.data.cli import data
     from synth.synthesis.cli import COMMANDS as synthesis_commands
-    from synth.training.augment import augment_preview
+    from synth.training.augment_preview import augment_preview
     from synth.training.cli import train
     from classifiers.cli import classify
     from synth.quality.cli import metrics

@@ -471,7 +471,7 @@ def test_preview_writes_a_deterministic_grid(tmp_path, with_labels):
     from click.testing import CliRunner
     from PIL import Image
 
-    from synth.training.augment import augment_preview
+    from synth.training.augment_preview import augment_preview
 
     data = tmp_path / "data"
     _write_images(data, n=2)
@@ -490,7 +490,7 @@ def test_preview_writes_a_deterministic_grid(tmp_path, with_labels):
 def test_preview_bad_data_is_a_one_line_error_and_writes_nothing(tmp_path):
     from click.testing import CliRunner
 
-    from synth.training.augment import augment_preview
+    from synth.training.augment_preview import augment_preview
 
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -42,24 +42,19 @@ def load_atlas(path: Path, factors) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-class SmallCNN(nn.Module):
-    """A cheap CNN (a strided stem, three conv stages, global pooling) with one head per
-    factor; small enough to train in minutes on two shared CPU cores."""
+class MultiHead(nn.Module):
+    """The registered ``small_cnn`` backbone (classifiers/small_cnn.py) with one linear head
+    per factor, so every factor is read off the same features."""
 
     def __init__(self, head_sizes, width: int = 16):
         super().__init__()
-        chans = [width, width * 2, width * 4, width * 8]
-        layers: list[nn.Module] = [nn.Conv2d(3, chans[0], 5, stride=2, padding=2, bias=False),
-                                   nn.BatchNorm2d(chans[0]), nn.ReLU(inplace=True)]
-        for cin, cout in zip(chans[:-1], chans[1:]):
-            layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-                       nn.MaxPool2d(2)]
-        self.features = nn.Sequential(*layers)
-        self.drop = nn.Dropout(0.2)
-        self.heads = nn.ModuleList(nn.Linear(chans[-1], n) for n in head_sizes)
+        from classifiers.small_cnn import SmallCNN
+
+        self.backbone = SmallCNN(num_classes=0, width=width, drop_rate=0.2)
+        self.heads = nn.ModuleList(nn.Linear(self.backbone.num_features, n) for n in head_sizes)
 
     def forward(self, x):
-        h = self.drop(self.features(x).mean(dim=(2, 3)))
+        h = self.backbone(x)
         return [head(h) for head in self.heads]
 
 
@@ -136,7 +131,7 @@ def main(kind, train_per_cell, test_per_cell, resolution, train_seed, test_seed,
         xtr, ytr = load_atlas(tmp / "train", factors)
         xte, yte = load_atlas(tmp / "test", factors)
 
-    model = SmallCNN([f.size for f in factors], width)
+    model = MultiHead([f.size for f in factors], width)
     steps_per_epoch = (len(xtr) + batch - 1) // batch
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)

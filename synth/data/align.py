@@ -26,7 +26,6 @@ from typing import NamedTuple
 
 import click
 import numpy as np
-import scipy.ndimage
 from PIL import Image, ImageOps
 
 from synth.data.dataset import IMAGE_EXTENSIONS, LABELS_CSV, NVLABS_JSON, SCHEMA_FILE
@@ -304,6 +303,8 @@ def _pad(img: Image.Image, quad: np.ndarray, qsize: float, border: int):
     ramp_y = 1.0 - np.minimum(yy / pad[1], (h - 1 - yy) / pad[3])
     ramp = np.maximum(ramp_x, ramp_y).astype(np.float32)[..., None]
     sigma = qsize * 0.02
+    import scipy.ndimage  # only padding needs it; keeps `synth --help` quick
+
     blurred = scipy.ndimage.gaussian_filter(arr, [sigma, sigma, 0])
     arr = arr + (blurred - arr) * np.clip(ramp * 3.0 + 1.0, 0.0, 1.0)
     arr = arr + (np.median(arr, axis=(0, 1)) - arr) * np.clip(ramp, 0.0, 1.0)

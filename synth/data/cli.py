@@ -58,19 +58,12 @@ def check(directory: str, cond: str | None, min_count: int, quiet: bool) -> None
         sys.exit(2)
 
 
-def _register_optional() -> None:
-    try:
-        from synth.data.atlas.cli import atlas
-    except ImportError:  # pragma: no cover
-        atlas = None
-    if atlas is not None:
-        data.add_command(atlas, "atlas")
-    try:
-        from synth.data.align import align
-    except ImportError:  # pragma: no cover
-        align = None
-    if align is not None:
-        data.add_command(align, "align")
+def _register_subcommands() -> None:
+    from synth.data.align import align
+    from synth.data.atlas.cli import atlas
+
+    data.add_command(atlas, "atlas")
+    data.add_command(align, "align")
 
 
-_register_optional()
+_register_subcommands()
