@@ -134,6 +134,35 @@ def test_cli_morph_missing_checkpoint(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_default_network_prefers_runs_then_the_bundled_generator_with_the_factor(tmp_path, ckpts, monkeypatch):
+    import shutil
+
+    import synth.synthesis.network as netmod
+
+    monkeypatch.setattr(netmod, "_SOURCE_ROOT", tmp_path / "no-source-tree")
+    root = tmp_path / "proj"
+    with pytest.raises(SynthesisError, match="--network: not given and no snapshot"):
+        netmod.find_default_network(root)
+    (root / "checkpoints").mkdir(parents=True)
+    shutil.copy(ckpts / "faces.ckpt", root / "checkpoints" / "demo-faces.ckpt")
+    assert netmod.find_default_network(root) == root / "checkpoints" / "demo-faces.ckpt"
+    with pytest.raises(SynthesisError, match="no generator with a 'stage' factor"):
+        netmod.find_default_network(root, factor="stage")
+    shutil.copy(ckpts / "skin.ckpt", root / "checkpoints" / "demo-skin.ckpt")
+    assert netmod.find_default_network(root, factor="stage") == root / "checkpoints" / "demo-skin.ckpt"
+    assert netmod.find_default_network(root, factor="age") == root / "checkpoints" / "demo-faces.ckpt"
+    # a run snapshot wins over the bundled files, the newest run and kimg first
+    for run, kimg in [("00000-a", "00010.000"), ("00001-b", "00002.000"), ("00001-b", "00004.000")]:
+        (root / "runs" / run).mkdir(parents=True, exist_ok=True)
+        shutil.copy(ckpts / "faces.ckpt", root / "runs" / run / f"network-snapshot-{kimg}.ckpt")
+    newest = root / "runs" / "00001-b" / "network-snapshot-00004.000.ckpt"
+    assert netmod.find_default_network(root) == newest
+    assert netmod.find_default_network(root, factor="stage") == root / "checkpoints" / "demo-skin.ckpt"
+    # the source tree's bundled files are found from any working directory
+    monkeypatch.setattr(netmod, "_SOURCE_ROOT", root)
+    assert netmod.find_default_network(tmp_path / "elsewhere", factor="stage") == root / "checkpoints" / "demo-skin.ckpt"
+
+
 # ----------------------------------------------------------------------------------------
 # Style mixing grid
 

@@ -33,7 +33,8 @@ def _common(fn):
     """Options every rendering command shares."""
     for deco in reversed([
         click.option("--network", "network", type=click.Path(path_type=Path), default=None,
-                     help="Generator checkpoint (.ckpt). Default: newest runs/*/ snapshot, else checkpoints/demo-faces.ckpt."),
+                     help="Generator checkpoint (.ckpt). Default: newest runs/*/ snapshot, else the bundled "
+                          "checkpoints/demo-faces.ckpt (demo-skin.ckpt for --factor stage)."),
         click.option("--noise-mode", type=click.Choice(["const", "random", "none"]), default="const", show_default=True,
                      help="Per-pixel noise inputs: fixed buffers, fresh (seeded) noise, or off."),
         click.option("--batch", type=click.IntRange(min=1), default=16, show_default=True, help="Images per forward pass."),
@@ -47,11 +48,11 @@ def _common(fn):
     return fn
 
 
-def _renderer(network, device, psi, noise_mode, batch, mean_w_samples):
+def _renderer(network, device, psi, noise_mode, batch, mean_w_samples, factor=None):
     from synth.synthesis.engine import Renderer
     from synth.synthesis.network import open_generator
 
-    G, space, meta, path = open_generator(network, device=device)
+    G, space, meta, path = open_generator(network, device=device, factor=factor)
     return Renderer(G, psi=psi, noise_mode=noise_mode, batch=batch, device=device, mean_w_samples=mean_w_samples), space, meta, path
 
 
@@ -137,7 +138,7 @@ def generate(ptype, out, data, per_cell, factor, steps, age_from, age_to, mixes,
     if steps < 2:
         raise click.UsageError(f"--steps {steps}: need at least 2")
     seed_list = parse_seeds(seeds) if seeds is not None else None
-    rend, space, meta, net = _renderer(network, device, psi, noise_mode, batch, mean_w_samples)
+    rend, space, meta, net = _renderer(network, device, psi, noise_mode, batch, mean_w_samples, factor)
     fac = _optional_age_factor(space, factor)
     roles = resolve_roles(space, fac)
     excl = parse_exclusions(list(exclude) if exclude else None, space)
@@ -188,7 +189,7 @@ def morph(start, end, factor, disease, steps, seeds, frames, fps, no_video, psi,
     if fps <= 0:
         raise click.UsageError(f"--fps {fps}: must be positive")
     seed_list = parse_seeds(seeds)
-    rend, space, _, _ = _renderer(network, device, psi, noise_mode, batch, mean_w_samples)
+    rend, space, _, _ = _renderer(network, device, psi, noise_mode, batch, mean_w_samples, factor)
     spec = resolve_morph(space, _default_factor(space, factor), start, end, disease)
     out = prepare_out_dir(out, force)
     write_morphs(rend, space, spec, seed_list, out, steps=steps, frames=frames, fps=fps, video=not no_video, progress=not quiet)
@@ -274,7 +275,7 @@ def teach_make(per_cell, out, quiz, quiz_per_cell, seed, factor, steps, exclude,
 
     if steps < 2:
         raise click.UsageError(f"--steps {steps}: need at least 2")
-    rend, space, _, _ = _renderer(network, device, psi, noise_mode, batch, mean_w_samples)
+    rend, space, _, _ = _renderer(network, device, psi, noise_mode, batch, mean_w_samples, factor)
     fac = _optional_age_factor(space, factor)
     excl = parse_exclusions(list(exclude), space) if exclude else {}
     out = prepare_out_dir(out, force)

@@ -9,16 +9,29 @@ from synth.synthesis.errors import SynthesisError
 __all__ = ["find_default_network", "open_generator"]
 
 DEMO_CHECKPOINT = Path("checkpoints") / "demo-faces.ckpt"
+SKIN_CHECKPOINT = Path("checkpoints") / "demo-skin.ckpt"
+# The source tree's own checkpoints/ folder, so the bundled generators are found from any
+# working directory after an editable install.
+_SOURCE_ROOT = Path(__file__).resolve().parents[2]
 _RUN_RE = re.compile(r"^(\d+)")
 _SNAP_RE = re.compile(r"^network-snapshot-(\d+(?:\.\d+)?)\.ckpt$")
 
 
-def find_default_network(root: str | Path = ".") -> Path:
-    """Newest ``runs/*/network-snapshot-*.ckpt`` (by run number, then kimg), else the demo
-    checkpoint, else a one-line error."""
-    root = Path(root)
+def _factor_names(path: Path) -> set[str] | None:
+    """Factor names of a checkpoint's condition space (None when unreadable)."""
+    from synth.training.checkpoint import CheckpointError, read_metadata
+
+    try:
+        values = read_metadata(path).get("values", {})
+    except (CheckpointError, OSError):
+        return None
+    space = values.get("space", {}) if isinstance(values, dict) else {}
+    space = space.get("__condition_space__", space) if isinstance(space, dict) else {}
+    return {f.get("name") for f in space.get("factors", []) if isinstance(f, dict)}
+
+
+def _newest_snapshot(runs: Path) -> Path | None:
     best: tuple[int, float, Path] | None = None
-    runs = root / "runs"
     if runs.is_dir():
         for run in runs.iterdir():
             m = _RUN_RE.match(run.name)
@@ -30,18 +43,38 @@ def find_default_network(root: str | Path = ".") -> Path:
                     key = (int(m.group(1)), float(sm.group(1)), snap)
                     if best is None or key[:2] > best[:2]:
                         best = key
-    if best is not None:
-        return best[2]
-    if (root / DEMO_CHECKPOINT).is_file():
-        return root / DEMO_CHECKPOINT
-    raise SynthesisError(f"--network: not given and no snapshot found under {runs}/ or {root / DEMO_CHECKPOINT}")
+    return None if best is None else best[2]
 
 
-def open_generator(path: str | Path | None, device: str = "cpu"):
-    """-> (G, space, meta, path).  Checkpoint problems become one-line SynthesisErrors."""
+def find_default_network(root: str | Path = ".", factor: str | None = None) -> Path:
+    """The generator a command uses when ``--network`` is not given.
+
+    The newest ``runs/*/network-snapshot-*.ckpt`` (by run number, then kimg); else a bundled
+    checkpoint (``checkpoints/demo-faces.ckpt``, ``checkpoints/demo-skin.ckpt``, looked up
+    in ``root`` and then in the source tree).  With ``factor`` (e.g. ``stage``), only
+    generators conditioned on that factor qualify, so ``synth morph --factor stage`` finds
+    the skin model.  Otherwise a one-line error.
+    """
+    root = Path(root)
+    runs = root / "runs"
+    snap = _newest_snapshot(runs)
+    if snap is not None and (factor is None or factor in (_factor_names(snap) or set())):
+        return snap
+    bundled = [base / rel for base in dict.fromkeys([root, _SOURCE_ROOT]) for rel in (DEMO_CHECKPOINT, SKIN_CHECKPOINT)]
+    for path in bundled:
+        if path.is_file() and (factor is None or factor in (_factor_names(path) or set())):
+            return path
+    what = "no snapshot" if factor is None else f"no generator with a {factor!r} factor"
+    raise SynthesisError(f"--network: not given and {what} found under {runs}/ or {root / 'checkpoints'}/")
+
+
+def open_generator(path: str | Path | None, device: str = "cpu", factor: str | None = None):
+    """-> (G, space, meta, path).  Checkpoint problems become one-line SynthesisErrors.
+
+    Without ``path``, :func:`find_default_network` picks one (``factor`` narrows the choice)."""
     from synth.training.checkpoint import CheckpointError, load_generator
 
-    p = Path(path) if path is not None else find_default_network()
+    p = Path(path) if path is not None else find_default_network(factor=factor)
     if not p.exists():
         raise SynthesisError(f"--network {p}: checkpoint not found")
     try:
