@@ -97,7 +97,8 @@ def main() -> None:
         ("morphs/contact_sheet.png", "age progression of four identities (GIF/MP4 per seed beside it)"),
         ("teach/index.html", "the teaching gallery (quiz/ and answer_key.csv for the quiz)"),
         ("cv/", "cross-validation metrics, per-cell accuracy and confusion matrices"),
-        ("metrics/metrics.md", "how faithful the generator is: judge accuracy, morph monotonicity, KID/FID"),
+        ("metrics/metrics.md", "judge accuracy on generated faces, morph monotonicity, KID/FID (the judges saw "
+                               "the generator's training faces, so these flatter it: see BENCHMARKS.md)"),
         ("ablation/report.md", "gain of each synthetic type over real-only, with CIs (3 folds: wide by design)"),
     ]:
         print(f"  {out / rel}  -  {what}")
