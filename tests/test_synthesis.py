@@ -324,7 +324,10 @@ def test_cli_generate_bad_arguments(tmp_path, gen_ckpt, extra, message):
 
 
 def test_cli_generate_refuses_missing_network_and_non_empty_out(tmp_path, gen_ckpt, monkeypatch):
+    import synth.synthesis.network as netmod
+
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(netmod, "_SOURCE_ROOT", tmp_path / "no-source-tree")  # hide the bundled generators
     r = run(["generate", "--type", "unrelated", "--per-cell", "1", "--out", "o"])
     assert r.exit_code != 0 and "--network" in r.output and len(r.output.strip().splitlines()) == 1
     r = run(["generate", "--network", tmp_path / "nope.ckpt", "--type", "unrelated", "--per-cell", "1", "--out", "o"])
