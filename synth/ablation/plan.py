@@ -63,7 +63,8 @@ class AblationConfig:
     gan_preset: str = "cpu"
     gan_options: dict[str, Any] = field(default_factory=dict)
     target: str = "disease"
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(model="efficientnet_b0", size=64, epochs=5, batch=32, lr=1e-3))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        model="small_cnn", size=32, epochs=15, batch=32, lr=3e-3, optimizer="adamw", weight_decay=0.01))
     test_data: str | None = None
     seed: int = 0
     psi: float = 0.6
