@@ -15,7 +15,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BUNDLED = ROOT / "checkpoints" / "demo-faces.ckpt"
+sys.path.insert(0, str(ROOT))
+
+from synth.synthesis.network import DEMO_CHECKPOINT, newest_snapshot  # noqa: E402
+
+BUNDLED = ROOT / DEMO_CHECKPOINT
 
 
 def run(step: str, args: list[str]) -> None:
@@ -26,11 +30,6 @@ def run(step: str, args: list[str]) -> None:
     if res.returncode != 0:
         sys.exit(f"demo: step '{step}' failed with exit code {res.returncode}")
     print(f"--- {step}: {time.time() - t0:.0f} s", flush=True)
-
-
-def newest_snapshot(run_parent: Path) -> Path | None:
-    snaps = sorted(run_parent.glob("*/network-snapshot-*.ckpt"), key=lambda p: (p.parent.name, p.name))
-    return snaps[-1] if snaps else None
 
 
 def main() -> None:

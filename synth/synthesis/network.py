@@ -6,7 +6,7 @@ from pathlib import Path
 
 from synth.synthesis.errors import SynthesisError
 
-__all__ = ["find_default_network", "open_generator"]
+__all__ = ["find_default_network", "newest_snapshot", "open_generator"]
 
 DEMO_CHECKPOINT = Path("checkpoints") / "demo-faces.ckpt"
 SKIN_CHECKPOINT = Path("checkpoints") / "demo-skin.ckpt"
@@ -17,20 +17,19 @@ _RUN_RE = re.compile(r"^(\d+)")
 _SNAP_RE = re.compile(r"^network-snapshot-(\d+(?:\.\d+)?)\.ckpt$")
 
 
-def _factor_names(path: Path) -> set[str] | None:
-    """Factor names of a checkpoint's condition space (None when unreadable)."""
-    from synth.training.checkpoint import CheckpointError, read_metadata
+def _factor_names(path: Path) -> set[str]:
+    """Factor names of a checkpoint's condition space (empty when it has none or is unreadable)."""
+    from synth.training.checkpoint import CheckpointError, read_space
 
     try:
-        values = read_metadata(path).get("values", {})
-    except (CheckpointError, OSError):
-        return None
-    space = values.get("space", {}) if isinstance(values, dict) else {}
-    space = space.get("__condition_space__", space) if isinstance(space, dict) else {}
-    return {f.get("name") for f in space.get("factors", []) if isinstance(f, dict)}
+        space = read_space(path)
+    except CheckpointError:
+        return set()
+    return set(space.names) if space is not None else set()
 
 
-def _newest_snapshot(runs: Path) -> Path | None:
+def newest_snapshot(runs: Path) -> Path | None:
+    """Newest ``runs/NNNNN-*/network-snapshot-*.ckpt``: highest run number, then highest kimg."""
     best: tuple[int, float, Path] | None = None
     if runs.is_dir():
         for run in runs.iterdir():
@@ -57,12 +56,12 @@ def find_default_network(root: str | Path = ".", factor: str | None = None) -> P
     """
     root = Path(root)
     runs = root / "runs"
-    snap = _newest_snapshot(runs)
-    if snap is not None and (factor is None or factor in (_factor_names(snap) or set())):
+    snap = newest_snapshot(runs)
+    if snap is not None and (factor is None or factor in _factor_names(snap)):
         return snap
     bundled = [base / rel for base in dict.fromkeys([root, _SOURCE_ROOT]) for rel in (DEMO_CHECKPOINT, SKIN_CHECKPOINT)]
     for path in bundled:
-        if path.is_file() and (factor is None or factor in (_factor_names(path) or set())):
+        if path.is_file() and (factor is None or factor in _factor_names(path)):
             return path
     what = "no snapshot" if factor is None else f"no generator with a {factor!r} factor"
     raise SynthesisError(f"--network: not given and {what} found under {runs}/ or {root / 'checkpoints'}/")

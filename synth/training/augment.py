@@ -42,6 +42,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+# The tables are torch-free so the command line can build its option choices from them.
+from synth.training.augment_specs import (
+    BLIT_OPS, COLOR_OPS, CUTOUT_OPS, FILTER_OPS, GEOM_OPS, KINDS, NOISE_OPS, OPS, SPECS,
+)
+
 __all__ = [
     "AugmentError",
     "AugmentStrengths",
@@ -58,10 +63,6 @@ __all__ = [
 class AugmentError(ValueError):
     """A bad augmentation setting or input (one-line message naming the option)."""
 
-
-from synth.training.augment_specs import (  # noqa: E402  (torch-free tables, shared with the CLI)
-    BLIT_OPS, COLOR_OPS, CUTOUT_OPS, FILTER_OPS, GEOM_OPS, KINDS, NOISE_OPS, OPS, SPECS,
-)
 
 # Expected share of image power per filter band (low to high); used to keep the overall
 # power unchanged when one band is boosted (value from the paper).

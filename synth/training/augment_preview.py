@@ -15,23 +15,20 @@ if TYPE_CHECKING:
 
 __all__ = ["augment_preview"]
 
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-
-
 def _preview_sources(data: str, count: int) -> list[Any]:
     """The first ``count`` images of a dataset (labels.csv / dataset.json / zip) or image folder."""
     from pathlib import Path
 
     from PIL import Image
 
-    from synth.data.dataset import DatasetError, open_dataset
+    from synth.data.dataset import IMAGE_EXTENSIONS, DatasetError, open_dataset
 
     try:
         imageset = open_dataset(data)
         return [imageset.load_image(i) for i in range(min(count, len(imageset)))]
     except DatasetError as err:
         folder = Path(data)
-        files = sorted(f for f in folder.iterdir() if f.suffix.lower() in _IMAGE_SUFFIXES) if folder.is_dir() else []
+        files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS) if folder.is_dir() else []
         if not files:
             raise click.UsageError(f"DATA {data}: {err} (and no image files in it)") from None
         images = []

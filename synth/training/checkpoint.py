@@ -40,6 +40,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "read_metadata",
+    "read_space",
     "build_module",
     "load_generator",
     "is_checkpoint",
@@ -190,6 +191,21 @@ def read_metadata(path: str | Path) -> dict:
     return _read_header(path, _read_bytes(path))
 
 
+def _decode_value(value: Any) -> Any:
+    """A metadata value as saved: condition spaces come back as :class:`ConditionSpace`."""
+    if isinstance(value, dict) and "__condition_space__" in value:
+        return ConditionSpace.from_dict(value["__condition_space__"])
+    return value
+
+
+def read_space(path: str | Path) -> ConditionSpace | None:
+    """The condition space saved under ``space``, from the metadata alone (no tensors decoded)."""
+    try:
+        return _decode_value(read_metadata(path)["values"].get("space"))
+    except (KeyError, TypeError, AttributeError, ValueError, ConditionError) as e:
+        raise CheckpointError(f"{path}: inconsistent checkpoint ({type(e).__name__}: {e})".splitlines()[0]) from None
+
+
 def is_checkpoint(path: str | Path) -> bool:
     try:
         read_metadata(path)
@@ -231,9 +247,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         for name, dtype in meta["arrays"].items():
             out[name] = tensors[f"a.{name}"].cpu().numpy().astype(dtype)
         for name, value in meta["values"].items():
-            if isinstance(value, dict) and "__condition_space__" in value:
-                value = ConditionSpace.from_dict(value["__condition_space__"])
-            out[name] = value
+            out[name] = _decode_value(value)
     except (KeyError, TypeError, ValueError, ConditionError) as e:
         raise CheckpointError(f"{path}: inconsistent checkpoint ({type(e).__name__}: {e})".splitlines()[0]) from None
     return out
