@@ -149,6 +149,7 @@ class MappingNetwork(nn.Module):
         lr_multiplier: float = 0.01,
         w_avg_beta: float | None = 0.995,
         layer_features: int | None = None,
+        transitional: bool = False,
     ):
         super().__init__()
         self.space = _as_space(space)
@@ -172,6 +173,11 @@ class MappingNetwork(nn.Module):
             )
         if num_ws is not None and w_avg_beta is not None:
             self.register_buffer("w_avg", torch.zeros([w_dim]))
+        if transitional and self.c_dim > 0:
+            # Transitional conditioning: the label embedding is scaled by this weight, which
+            # the training loop ramps from 0 (unconditional) to 1.  A buffer, so snapshots and
+            # the EMA generator carry the ramp position.
+            self.register_buffer("cond_t", torch.zeros([]))
 
     def forward(
         self,
@@ -196,7 +202,10 @@ class MappingNetwork(nn.Module):
         if self.c_dim > 0:
             n = z.shape[0] if self.z_dim > 0 else (c.shape[0] if c is not None else 0)
             _check_c(c, self.c_dim, n, "mapping")
-            parts.append(normalize_2nd_moment(self.embed(c.to(torch.float32))))
+            e = normalize_2nd_moment(self.embed(c.to(torch.float32)))
+            if hasattr(self, "cond_t"):
+                e = e * self.cond_t
+            parts.append(e)
         x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         for i in range(self.num_layers):
             x = getattr(self, f"fc{i}")(x)
@@ -687,16 +696,16 @@ class DiscriminatorEpilogue(nn.Module):
         self.fc = FullyConnectedLayer(in_channels * resolution**2, in_channels, activation="lrelu")
         self.out = FullyConnectedLayer(in_channels, 1 if cmap_dim == 0 else cmap_dim)
 
-    def forward(self, x, cmap=None):
+    def forward(self, x, cmap=None, return_features: bool = False):
         x = x.to(torch.float32)
         if self.mbstd is not None:
             x = self.mbstd(x)
         x = self.conv(x)
-        x = self.fc(x.flatten(1))
-        x = self.out(x)
+        feat = self.fc(x.flatten(1))
+        x = self.out(feat)
         if self.cmap_dim > 0:
             x = (x * cmap).sum(dim=1, keepdim=True) * (1 / math.sqrt(self.cmap_dim))
-        return x
+        return (x, feat) if return_features else x
 
 
 class Discriminator(_Configurable, nn.Module):
@@ -715,17 +724,23 @@ class Discriminator(_Configurable, nn.Module):
         mbstd_group_size: int | None = 4,
         mbstd_num_channels: int = 1,
         mapping_kwargs: Mapping | None = None,
+        aux_heads: bool = False,
+        uncond_head: bool = False,
     ):
         super().__init__()
         space = _as_space(space)
         mapping_kwargs = dict(mapping_kwargs or {})
-        self.init_kwargs = _plain(
-            dict(
-                space=space, img_resolution=img_resolution, img_channels=img_channels, channel_base=channel_base,
-                channel_max=channel_max, num_fp16_res=num_fp16_res, conv_clamp=conv_clamp, cmap_dim=cmap_dim,
-                mbstd_group_size=mbstd_group_size, mbstd_num_channels=mbstd_num_channels, mapping_kwargs=mapping_kwargs,
-            )
+        init = dict(
+            space=space, img_resolution=img_resolution, img_channels=img_channels, channel_base=channel_base,
+            channel_max=channel_max, num_fp16_res=num_fp16_res, conv_clamp=conv_clamp, cmap_dim=cmap_dim,
+            mbstd_group_size=mbstd_group_size, mbstd_num_channels=mbstd_num_channels, mapping_kwargs=mapping_kwargs,
         )
+        # Optional heads are recorded only when on, so configs of plain networks stay as they were.
+        if aux_heads:
+            init["aux_heads"] = True
+        if uncond_head:
+            init["uncond_head"] = True
+        self.init_kwargs = _plain(init)
         log2 = _log2_resolution(img_resolution)
         if img_resolution < 8:
             raise ValueError(f"discriminator img_resolution must be >= 8, got {img_resolution}")
@@ -755,9 +770,30 @@ class Discriminator(_Configurable, nn.Module):
             channels[4], cmap_dim=cmap_dim, mbstd_group_size=mbstd_group_size,
             mbstd_num_channels=mbstd_num_channels, conv_clamp=conv_clamp,
         )
+        if (aux_heads or uncond_head) and self.c_dim == 0:
+            raise ValueError("aux_heads and uncond_head need a conditional discriminator (a condition space)")
+        # Auxiliary classifier (AC-GAN family): one linear head per factor on the epilogue's
+        # features, predicting that factor's level.
+        self.aux_factors: tuple[str, ...] = tuple(f.name for f in space.factors) if aux_heads else ()
+        if aux_heads:
+            self.aux = nn.ModuleDict({f.name: FullyConnectedLayer(channels[4], f.size) for f in space.factors})
+        # Transitional conditioning: an unconditional realness logit beside the projection one.
+        if uncond_head:
+            self.uncond = FullyConnectedLayer(channels[4], 1)
 
-    def forward(self, img: torch.Tensor, c: torch.Tensor | None, update_emas: bool = False, force_fp32: bool = False):
-        """Logits [N, 1]; ``update_emas`` is accepted for interface symmetry with G (no EMAs here)."""
+    def forward(
+        self,
+        img: torch.Tensor,
+        c: torch.Tensor | None,
+        update_emas: bool = False,
+        force_fp32: bool = False,
+        parts: bool = False,
+    ):
+        """Logits [N, 1]; ``update_emas`` is accepted for interface symmetry with G (no EMAs here).
+
+        With ``parts=True`` a dict instead: ``logits`` (the projection logit), ``uncond`` (the
+        unconditional logit or None) and ``aux`` ({factor: level logits [N, levels]} or None).
+        """
         if img.ndim != 4 or img.shape[1] != self.img_channels or img.shape[2] != self.img_resolution or img.shape[3] != self.img_resolution:
             raise ValueError(
                 f"discriminator: image batch has shape {tuple(img.shape)}, expected "
@@ -771,4 +807,11 @@ class Discriminator(_Configurable, nn.Module):
         for r in self.block_resolutions:
             x = getattr(self, f"b{r}")(x, img, force_fp32=force_fp32)
         cmap = self.mapping(None, c) if self.c_dim > 0 else None
-        return self.b4(x, cmap)
+        if not parts:
+            return self.b4(x, cmap)
+        logits, feat = self.b4(x, cmap, return_features=True)
+        return {
+            "logits": logits,
+            "uncond": self.uncond(feat) if hasattr(self, "uncond") else None,
+            "aux": {f: self.aux[f](feat) for f in self.aux_factors} if self.aux_factors else None,
+        }

@@ -7,10 +7,10 @@ from __future__ import annotations
 from synth.utils.lazy import lazy_exports
 
 _WHERE = {
-    "TrainingOptions": "training_loop",
+    "TrainingOptions": "options",
     "Trainer": "training_loop",
-    "TrainingError": "training_loop",
-    "TrainingDiverged": "training_loop",
+    "TrainingError": "options",
+    "TrainingDiverged": "options",
     "save_checkpoint": "checkpoint",
     "load_checkpoint": "checkpoint",
     "load_generator": "checkpoint",

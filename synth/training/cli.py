@@ -26,6 +26,8 @@ _PRESET_FIELDS = {
     "channel_base": "channel_base",
     "channel_max": "channel_max",
     "ema_kimg": "ema_kimg",
+    "pl_weight": "pl_weight",
+    "ada_kimg": "ada_kimg",
 }
 
 
@@ -50,7 +52,7 @@ def resolve_options(params: dict, given: set[str], imageset=None):
     preset_name = params["preset"] or ("cpu" if params["device"] == "cpu" else "auto")
     if params["resolution"] is not None:
         res = params["resolution"]
-    elif preset_name == "cpu":
+    elif preset_name.startswith("cpu"):
         res = 32
     elif imageset is not None:
         res = _native_resolution(imageset)
@@ -82,6 +84,8 @@ def resolve_options(params: dict, given: set[str], imageset=None):
         kimg=pre.kimg,
         tick_kimg=pre.tick_kimg,
         snap=pre.snap,
+        pl_weight=pre.pl_weight,
+        ada_kimg=pre.ada_kimg,
         conv_clamp=256.0 if params["precision"] != "fp32" else None,
     )
     for opt, fld in _PRESET_FIELDS.items():
@@ -96,12 +100,40 @@ def resolve_options(params: dict, given: set[str], imageset=None):
     for name in ("mirror", "balance", "aug", "aug_kind", "aug_spec", "target", "seed", "device", "precision", "grid_per", "fake_labels",
                  "affected_fraction"):
         setattr(o, name, params[name])
+    o.aux_weight = params["aux_weight"]
+    o.lecam_weight = params["lecam"]
+    if params["cond_ramp"] is not None:
+        o.cond_start_kimg, o.cond_end_kimg = params["cond_ramp"]
+    _apply_runtime(o, params)
     if params["p"] is not None:
         o.p = params["p"]
     elif params["aug"] == "fixed":
         raise click.UsageError("--aug fixed needs --p (the constant augment probability)")
     o.progress = not params.get("no_progress", False)
     return o
+
+
+# TrainingOptions field -> CLI option, where the names differ (besides _PRESET_FIELDS).
+_CLI_NAMES = {"lecam_weight": "lecam", "cond_start_kimg": "cond_ramp", "cond_end_kimg": "cond_ramp"}
+
+
+def _parse_ramp(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        start, end = (float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give START,END in kimg, e.g. 5,20") from None
+    return start, end
+
+
+def _apply_runtime(o, params: dict) -> None:
+    """Options that may change on resume (speed and fidelity monitoring)."""
+    o.compile = params["compile"]
+    o.threads = params["threads"]
+    o.judge = [str(Path(j).resolve()) for j in params["judge"]]
+    o.metrics_every = params["metrics_every"]
+    o.judge_per_cell = params["judge_per_cell"]
 
 
 def _check_resume_overrides(stored, params: dict, given: set[str], fresh) -> None:
@@ -111,13 +143,13 @@ def _check_resume_overrides(stored, params: dict, given: set[str], fresh) -> Non
     for f in fields(TrainingOptions):
         if f.name in TrainingOptions.RESUME_MUTABLE:
             continue
-        cli = next((k for k, v in _PRESET_FIELDS.items() if v == f.name), f.name)
+        cli = next((k for k, v in _PRESET_FIELDS.items() if v == f.name), None) or _CLI_NAMES.get(f.name, f.name)
         if cli in given or (f.name == "ties" and "tie" in given):
             new, old = getattr(fresh, f.name), getattr(stored, f.name)
             if (list(new) if isinstance(new, tuple) else new) != (list(old) if isinstance(old, tuple) else old):
                 raise click.UsageError(
                     f"--{cli.replace('_', '-')} {new!r} differs from the snapshot's {old!r}; a resumed run keeps its "
-                    f"settings (only {', '.join('--' + m.replace('_', '-') for m in ('kimg', 'tick', 'snap', 'device', 'precision'))} may change)"
+                    f"settings (only {', '.join('--' + m.replace('_', '-') for m in ('kimg', 'tick', 'snap', 'device', 'precision', 'compile', 'threads', 'judge', 'metrics-every'))} may change)"
                 )
 
 
@@ -151,6 +183,21 @@ def _check_resume_overrides(stored, params: dict, given: set[str], fresh) -> Non
               help="Labels of generated images: drawn like the real ones, or uniform over all cells.")
 @click.option("--tie", multiple=True, metavar="FACTOR:LEVEL=A+B",
               help="Tie a level's embedding to the mean of others, e.g. stage:intermediate=early+late (repeatable).")
+@click.option("--aux-weight", type=float, default=0.0,
+              help="Auxiliary classifier on D's features (one head per factor, AC-GAN); its weight in D's and G's loss. 0 = off.")
+@click.option("--cond-ramp", callback=_parse_ramp, default=None, metavar="START,END",
+              help="Transitional conditioning: unconditional until START kimg, label weight ramped to 1 by END kimg.")
+@click.option("--lecam", type=float, default=0.0, help="LeCam regulariser weight on D's outputs (limited data). 0 = off.")
+@click.option("--pl-weight", type=float, default=None, help="Path-length regulariser weight (0 = off). Default: the preset's.")
+@click.option("--ada-kimg", type=float, default=None,
+              help="ADA speed: kimg for p to move by 1. Short runs need a small value. Default: the preset's.")
+@click.option("--judge", type=click.Path(exists=True, path_type=Path), multiple=True,
+              help="Classifier checkpoint or CV folder that scores G_ema while training (repeatable; see --metrics-every).")
+@click.option("--metrics-every", type=float, default=None,
+              help="With --judge: score G_ema every this many kimg into stats.jsonl and keep best.ckpt by judged accuracy.")
+@click.option("--judge-per-cell", type=int, default=10, help="Generated images per condition cell for each judge score.")
+@click.option("--compile", "compile", is_flag=True, help="torch.compile the main G and D passes (slow first step).")
+@click.option("--threads", type=int, default=None, help="torch CPU threads. Default: torch's choice.")
 @click.option("--resume", type=click.Path(exists=True, path_type=Path), default=None,
               help="Our snapshot or run folder (true resume), or an official .pkl (weights only, reported surgery).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs"), help="Parent folder of numbered run folders.")
@@ -219,6 +266,8 @@ def train(ctx: click.Context, **params) -> None:
             for name, cli in (("kimg", "kimg"), ("tick_kimg", "tick"), ("snap", "snap"), ("device", "device"), ("precision", "precision")):
                 if cli in given:
                     setattr(opts, name, params[cli])
+            if given & {"compile", "threads", "judge", "metrics_every", "judge_per_cell"}:
+                _apply_runtime(opts, params)
             if "data" in given:
                 opts.data = str(params["data"])
             opts.progress = not params["no_progress"]

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from synth.training.criteria import AuxClassifierLoss, LeCam, transitional_logistic
+
 __all__ = ["LossOptions", "StyleGAN2Loss", "lazy_correction", "PHASES"]
 
 PHASES = ("Gmain", "Greg", "Gboth", "Dmain", "Dreg", "Dboth")
@@ -53,9 +55,17 @@ class StyleGAN2Loss:
         ada=None,
         autocast=None,
         scaler=None,
+        aux: AuxClassifierLoss | None = None,
+        lecam: LeCam | None = None,
+        transitional: bool = False,
     ):
         self.G = G
         self.D = D
+        # Optional criteria (synth/training/criteria): each None/False = the plain StyleGAN2 loss.
+        self.aux = aux
+        self.lecam = lecam
+        self.transitional = transitional
+        self.cond_t = 1.0  # the transitional label weight; the loop sets it every minibatch
         self.augment_pipe = augment_pipe
         self.opts = opts or LossOptions()
         self.ada = ada  # AdaController collecting sign(D(real)) or None
@@ -82,10 +92,24 @@ class StyleGAN2Loss:
         img = self.G.synthesis(ws, noise_mode="random")
         return img, ws
 
-    def run_D(self, img: torch.Tensor, c: torch.Tensor, update_emas: bool = False) -> torch.Tensor:
+    def run_D(self, img: torch.Tensor, c: torch.Tensor, update_emas: bool = False) -> dict:
+        """D's outputs as a dict: ``logits`` (projection), ``uncond`` and ``aux`` (None when off)."""
         if self.augment_pipe is not None:
             img = self.augment_pipe(img)
-        return self.D(img, c, update_emas=update_emas)
+        if self.aux is None and not self.transitional:
+            return {"logits": self.D(img, c, update_emas=update_emas), "uncond": None, "aux": None}
+        return self.D(img, c, update_emas=update_emas, parts=True)
+
+    def _realness(self, out: dict) -> torch.Tensor:
+        # The logit that says "real": the unconditional one under transitional conditioning
+        # (R1, ADA and LeCam act on it, as in the published method), else the projection logit.
+        return (out["uncond"] if self.transitional else out["logits"]).float()
+
+    def _logistic(self, out: dict, sign: float) -> torch.Tensor:
+        """softplus(sign * logit) per sample, or its transitional two-head form."""
+        if self.transitional:
+            return transitional_logistic(out["uncond"], out["logits"], self.cond_t, sign).flatten()
+        return F.softplus(sign * out["logits"].float()).flatten()
 
     def _backward(self, loss: torch.Tensor, gain: float) -> None:
         # With fp16 every phase is scaled alike so the optimiser step can unscale once.
@@ -121,11 +145,17 @@ class StyleGAN2Loss:
         if do_Gmain:
             with self.autocast():
                 gen_img, _ = self.run_G(gen_z, gen_c)
-                gen_logits = self.run_D(gen_img, gen_c)
-            loss_G = F.softplus(-gen_logits.float())  # -log(sigmoid(D(G(z))))
-            self._backward(loss_G, gain)
+                out = self.run_D(gen_img, gen_c)
+            loss_G = self._logistic(out, -1.0)  # -log(sigmoid(D(G(z))))
             stats["loss/G"] = loss_G.detach()
-            stats["scores/fake"] = gen_logits.detach().float()
+            stats["scores/fake"] = out["logits"].detach().float()
+            if self.aux is not None:
+                # G is rewarded when D's classifier recognises the labels it was asked for.
+                aux_G, acc = self.aux(out["aux"], gen_c)
+                loss_G = loss_G + aux_G
+                stats["loss/aux_G"] = aux_G.detach()
+                stats.update({f"aux_acc/fake_{f}": a for f, a in acc.items()})
+            self._backward(loss_G, gain)
             total = total + loss_G.detach().mean()
 
         if do_Gpl:
@@ -148,26 +178,42 @@ class StyleGAN2Loss:
             with torch.no_grad(), self.autocast():
                 gen_img, _ = self.run_G(gen_z, gen_c, update_emas=True)
             with self.autocast():
-                gen_logits = self.run_D(gen_img, gen_c, update_emas=True)
-            loss_Dgen = F.softplus(gen_logits.float())  # -log(1 - sigmoid(D(G(z))))
-            self._backward(loss_Dgen, gain)
+                out = self.run_D(gen_img, gen_c, update_emas=True)
+            loss_Dgen = self._logistic(out, 1.0)  # -log(1 - sigmoid(D(G(z))))
             stats["loss/D_fake"] = loss_Dgen.detach()
+            if self.lecam is not None:
+                lc = self.lecam.fake_term(self._realness(out))
+                loss_Dgen = loss_Dgen + lc
+                stats["loss/lecam"] = lc.detach()
+            self._backward(loss_Dgen, gain)
             total = total + loss_Dgen.detach().mean()
 
         if do_Dmain or do_Dr1:
             real = real_img.detach().requires_grad_(do_Dr1)
             ctx = self.autocast() if not do_Dr1 else contextlib.nullcontext()
             with ctx:
-                real_logits = self.run_D(real, real_c)
-            real_logits = real_logits.float()
-            loss = torch.zeros_like(real_logits)
+                out = self.run_D(real, real_c)
+            real_logits = self._realness(out)
+            loss = torch.zeros(real_logits.shape[0], device=real_logits.device)
             if do_Dmain:
-                loss_Dreal = F.softplus(-real_logits)
+                loss_Dreal = self._logistic(out, -1.0)
                 loss = loss + loss_Dreal
                 stats["loss/D_real"] = loss_Dreal.detach()
-                stats["scores/real"] = real_logits.detach()
+                stats["scores/real"] = out["logits"].detach().float()
                 if self.ada is not None:
                     self.ada.accumulate(real_logits)
+                if self.aux is not None:
+                    # D's classifier learns the levels from real images only, so it cannot
+                    # learn to recognise G's artefacts instead of the condition.
+                    aux_D, acc = self.aux(out["aux"], real_c)
+                    loss = loss + aux_D
+                    stats["loss/aux_D"] = aux_D.detach()
+                    stats.update({f"aux_acc/real_{f}": a for f, a in acc.items()})
+                if self.lecam is not None:
+                    lc = self.lecam.real_term(real_logits)
+                    loss = loss + lc
+                    stats["loss/lecam"] = torch.cat([stats["loss/lecam"], lc.detach()]) if "loss/lecam" in stats else lc.detach()
+                    self.lecam.step()
             if do_Dr1:
                 (r1_grads,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
                 r1_penalty = r1_grads.square().sum([1, 2, 3])

@@ -16,7 +16,7 @@ import json
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,6 +27,7 @@ from synth.conditions import ConditionSpace, parse_tie
 from synth.training.checkpoint import CheckpointError, ModuleEntry, load_checkpoint, load_state_strict, save_checkpoint
 from synth.training.grids import grid_latents, grid_layout, render_fakes, render_reals
 from synth.training.loss import LossOptions, StyleGAN2Loss, lazy_correction
+from synth.training.options import TrainingDiverged, TrainingError, TrainingOptions
 from synth.training.stats import Collector, append_jsonl, peak_memory_mb, truncate_jsonl
 from synth.utils.io import atomic_save, atomic_write_text
 
@@ -41,121 +42,6 @@ __all__ = [
 ]
 
 LATEST = "latest.json"
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot start or continue (one-line message)."""
-
-
-class TrainingDiverged(TrainingError):
-    """A loss became NaN/Inf; training stopped and no snapshot with bad weights was written."""
-
-
-@dataclass
-class TrainingOptions:
-    """Every setting of a run (saved as ``options.json`` and inside each snapshot)."""
-
-    # data
-    data: str | None = None  # dataset folder/zip; None = the built-in face atlas
-    cond: list[str] = field(default_factory=lambda: ["disease", "age"])
-    ties: list[str] = field(default_factory=list)  # e.g. "stage:intermediate=early+late"
-    resolution: int = 32
-    mirror: bool = False  # x-flip real images at random (doubles the data)
-    balance: bool = True  # sample real images so every condition cell has equal mass
-    affected_fraction: float | None = None  # with balance: share of affected images per batch (study 1: 0.5)
-    fake_labels: str = "data"  # "data": labels drawn like the reals; "cells": uniform over all cells
-    # architecture
-    preset: str = "cpu"
-    z_dim: int = 512
-    w_dim: int = 512
-    map_layers: int = 2
-    channel_base: int = 4096
-    channel_max: int = 128
-    mbstd_group: int = 4
-    cmap_dim: int | None = None
-    conv_clamp: float | None = None
-    num_fp16_res: int = 0
-    # optimisation
-    batch: int = 16
-    lr: float = 0.0025
-    betas: tuple[float, float] = (0.0, 0.99)
-    eps: float = 1e-8
-    gamma: float = 0.5
-    ema_kimg: float = 1.0
-    ema_rampup: float | None = 0.05
-    g_reg_interval: int | None = 4
-    d_reg_interval: int | None = 16
-    pl_weight: float = 2.0
-    pl_decay: float = 0.01
-    pl_batch_shrink: int = 2
-    style_mixing: float = 0.9
-    # augmentation
-    aug: str = "ada"  # ada | fixed | none
-    aug_kind: str = "faces"
-    aug_spec: str = "bgc"
-    p: float = 0.0  # initial (ada) or constant (fixed) augment probability
-    target: float = 0.6
-    ada_interval: int = 4
-    ada_kimg: float = 500.0
-    # schedule and output
-    kimg: float = 200.0
-    tick_kimg: float = 1.0
-    snap: int = 10  # snapshot every N ticks (and at the end)
-    grid_every: int = 1  # image grid every N ticks
-    grid_per: str = "row"  # fixed z per grid "row" or per "cell"
-    seed: int = 0
-    device: str = "cpu"
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast, CUDA only)
-    progress: bool = True
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["betas"] = [float(b) for b in self.betas]
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainingOptions":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise TrainingError(f"unknown training option(s) {', '.join(unknown)}")
-        d = dict(d)
-        if "betas" in d:
-            d["betas"] = tuple(float(b) for b in d["betas"])
-        return cls(**d)
-
-    def validate(self) -> None:
-        def bad(opt: str, msg: str):
-            raise TrainingError(f"--{opt.replace('_', '-')}: {msg}")
-
-        if self.resolution < 4 or self.resolution & (self.resolution - 1):
-            bad("resolution", f"{self.resolution} must be a power of two >= 4")
-        if self.batch < 1:
-            bad("batch", f"{self.batch} must be >= 1")
-        if self.aug not in ("ada", "fixed", "none"):
-            bad("aug", f"{self.aug!r}: choose ada, fixed or none")
-        if not 0.0 <= self.p <= 1.0:
-            bad("p", f"{self.p} must be in [0, 1]")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            bad("precision", f"{self.precision!r}: choose fp32, bf16 or fp16")
-        if self.precision != "fp32" and not str(self.device).startswith("cuda"):
-            bad("precision", f"{self.precision} autocast needs --device cuda")
-        if self.fake_labels not in ("data", "cells"):
-            bad("fake_labels", f"{self.fake_labels!r}: choose data or cells")
-        if self.grid_per not in ("row", "cell"):
-            bad("grid_per", f"{self.grid_per!r}: choose row or cell")
-        for name in ("kimg", "tick_kimg"):
-            if not getattr(self, name) > 0:
-                bad(name, f"{getattr(self, name)} must be > 0")
-        if self.snap < 1 or self.grid_every < 1:
-            bad("snap", "snapshot and grid intervals must be >= 1 tick")
-        if self.affected_fraction is not None and not 0.0 < self.affected_fraction < 1.0:
-            bad("affected_fraction", f"{self.affected_fraction} must be between 0 and 1")
-        if self.gamma < 0:
-            bad("gamma", f"{self.gamma} must be >= 0")
-
-    # Options a resumed run may change; anything else must match the snapshot.
-    RESUME_MUTABLE = ("kimg", "tick_kimg", "snap", "grid_every", "device", "precision", "progress", "data")
 
 
 def snapshot_name(nimg: int) -> str:
@@ -222,6 +108,8 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self._log_fn = log
         self.device = torch.device(opts.device)
+        if opts.threads is not None:
+            torch.set_num_threads(opts.threads)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -237,6 +125,8 @@ class Trainer:
         self.batch_idx = 0
         self.tick_start_nimg = 0
         self.elapsed = 0.0  # training seconds before this process (for the log)
+        self.best_judge: float | None = None  # best judge/mean so far (best.ckpt holds that state)
+        self._setup_monitor()
         self.collector = Collector()
         self.last_snapshot: Path | None = None
 
@@ -297,7 +187,7 @@ class Trainer:
             space=self.space,
             img_resolution=o.resolution,
             img_channels=3,
-            mapping_kwargs={"num_layers": o.map_layers},
+            mapping_kwargs={"num_layers": o.map_layers, **({"transitional": True} if o.transitional else {})},
             synthesis_kwargs={
                 "channel_base": o.channel_base,
                 "channel_max": o.channel_max,
@@ -317,6 +207,10 @@ class Trainer:
         )
         if o.cmap_dim is not None:
             d["cmap_dim"] = o.cmap_dim
+        if o.aux_weight > 0:
+            d["aux_heads"] = True
+        if o.transitional:
+            d["uncond_head"] = True
         return g, d
 
     def _setup_networks(self) -> None:
@@ -370,7 +264,63 @@ class Trainer:
             pl_batch_shrink=o.pl_batch_shrink,
             pl_decay=o.pl_decay,
         )
-        self.loss = StyleGAN2Loss(self.G, self.D, self.augment_pipe, loss_opts, ada=self.ada, autocast=autocast, scaler=self.scaler)
+        from synth.training.criteria import AuxClassifierLoss, LeCam
+
+        self.loss = StyleGAN2Loss(
+            self.G, self.D, self.augment_pipe, loss_opts, ada=self.ada, autocast=autocast, scaler=self.scaler,
+            aux=AuxClassifierLoss(self.space, o.aux_weight) if o.aux_weight > 0 else None,
+            lecam=LeCam(o.lecam_weight, o.lecam_decay, device=self.device) if o.lecam_weight > 0 else None,
+            transitional=o.transitional,
+        )
+        self._set_cond_weight()
+
+    def cond_weight(self) -> float:
+        """The transitional label weight t at the current image count (1 without the ramp)."""
+        o = self.opts
+        if not o.transitional:
+            return 1.0
+        from synth.training.criteria import ramp_weight
+
+        return ramp_weight(self.cur_nimg / 1000 if hasattr(self, "cur_nimg") else 0.0, o.cond_start_kimg, o.cond_end_kimg)
+
+    def _set_cond_weight(self) -> None:
+        t = self.cond_weight()
+        self.loss.cond_t = t
+        if self.opts.transitional:
+            # G_ema too: a snapshot's EMA generator renders with the weight at its image count.
+            self.G.mapping.cond_t.fill_(t)
+            self.G_ema.mapping.cond_t.fill_(t)
+
+    def _setup_monitor(self) -> None:
+        """Judges that score G_ema every ``metrics_every`` kimg (rank 0 only; None without --judge)."""
+        o = self.opts
+        self.monitor = None
+        if self.rank != 0 or not o.judge or not o.metrics_every:
+            return
+        from synth.quality.errors import QualityError
+        from synth.training.monitor import FidelityMonitor
+
+        n = min(len(self.dataset), 500)
+        idx = np.random.default_rng(o.seed).choice(len(self.dataset), size=n, replace=False)
+        reals = np.stack([self.dataset.raw_image(int(i)).transpose(1, 2, 0) for i in idx])
+        try:
+            # 64 px random-backbone features: KID comparable between ticks of this run, cheap on a CPU.
+            self.monitor = FidelityMonitor(o.judge, self.space, per_cell=o.judge_per_cell, seed=o.seed,
+                                           device=self.device, real_images=reals, feature_size=64)
+        except QualityError as e:
+            raise TrainingError(str(e).splitlines()[0]) from None
+
+    def _score(self) -> dict[str, float]:
+        """Judge accuracies and KID of G_ema, as ``metric/...`` stats; keeps best.ckpt by judge/mean."""
+        scores = {f"metric/{k}": round(float(v), 6) for k, v in self.monitor.score(self.G_ema).items()}
+        mean = scores.get("metric/judge/mean")
+        if mean is not None and (self.best_judge is None or mean > self.best_judge):
+            self.best_judge = mean
+            if self.run_dir is not None:
+                # The full training state, so `synth train --resume best.ckpt` can go on from it.
+                save_checkpoint(self.run_dir / "best.ckpt", self.state_dict())
+            scores["metric/best"] = 1
+        return scores
 
     # ---- logging ----------------------------------------------------------------------------
     def log(self, msg: str) -> None:
@@ -412,6 +362,7 @@ class Trainer:
     # ---- one minibatch --------------------------------------------------------------------------
     def step(self) -> None:
         o = self.opts
+        self._set_cond_weight()
         real_img, real_c = self._next_reals()
         for ph in self.phases:
             if self.batch_idx % ph.interval != 0:
@@ -443,6 +394,7 @@ class Trainer:
         self._update_ema()
         self.cur_nimg += o.batch
         self.batch_idx += 1
+        self._set_cond_weight()
         if self.ada is not None:
             if self.world > 1 and self.ada.batches + 1 >= self.ada.interval:
                 import torch.distributed as dist
@@ -501,6 +453,7 @@ class Trainer:
                 "batch_idx": self.batch_idx,
                 "tick_start_nimg": self.tick_start_nimg,
                 "elapsed": self.elapsed + (time.time() - self._t_start if hasattr(self, "_t_start") else 0.0),
+                "best_judge": self.best_judge,
             },
             "kimg": self.cur_nimg / 1000,
             "augment_p": self.augment_p(),
@@ -511,6 +464,10 @@ class Trainer:
                 for cell, n in self.imageset.cell_counts().items()
             ],
         }
+        if self.loss.lecam is not None:
+            state["lecam_state"] = self.loss.lecam.state.clone()
+        if self.opts.transitional:
+            state["cond_t"] = self.cond_weight()
         if self.augment_pipe is not None:
             state["augment_pipe"] = {"config": self.augment_pipe.config()}
         if self.ada is not None:
@@ -544,6 +501,10 @@ class Trainer:
             except (ValueError, KeyError) as e:
                 raise CheckpointError(f"{where}: {name} state does not fit ({e})".splitlines()[0]) from None
         self.loss.pl_mean.copy_(ck["pl_mean"].to(self.device))
+        if self.loss.lecam is not None:
+            if "lecam_state" not in ck:
+                raise CheckpointError(f"{where}: no LeCam state in snapshot (was it trained with --lecam?)")
+            self.loss.lecam.state.copy_(ck["lecam_state"].to(self.device))
         if self.augment_pipe is not None:
             self.augment_pipe.set_p(float(ck.get("augment_p", self.opts.p)))
         if self.ada is not None and "ada_buffers" in ck:
@@ -557,6 +518,8 @@ class Trainer:
         self.batch_idx = int(prog["batch_idx"])
         self.tick_start_nimg = int(prog["tick_start_nimg"])
         self.elapsed = float(prog.get("elapsed", 0.0))
+        self.best_judge = prog.get("best_judge")
+        self._set_cond_weight()
         if self.scaler is not None and isinstance(ck.get("scaler"), dict):
             self.scaler.load_state_dict(ck["scaler"])
         # RNG streams: exact continuation on the same device.  Other ranks of a multi-process
@@ -689,10 +652,15 @@ class Trainer:
                     "sec_per_tick": round(tick_time, 3),
                     "sec_per_kimg": round(tick_time / max(tick_imgs / 1000, 1e-9), 3),
                     "augment_p": round(self.augment_p(), 6),
+                    **({"cond_t": round(self.cond_weight(), 6)} if o.transitional else {}),
                     "ada_rt": float(self.ada.last_rt) if self.ada is not None else None,
                     **{k: round(v, 6) for k, v in means.items()},
                     "peak_mem_mb": round(peak_memory_mb(self.device), 1),
                 }
+                if self.monitor is not None:
+                    every = max(int(round(o.metrics_every * 1000)), 1)
+                    if done or self.cur_nimg // every > (self.cur_nimg - tick_imgs) // every:
+                        last.update(self._score())
                 self.tick_start_nimg = self.cur_nimg
                 if self.rank == 0:
                     if self.run_dir is not None and (self.cur_tick % o.grid_every == 0 or done):
@@ -710,10 +678,18 @@ class Trainer:
                         tb.flush()
                     d_loss = means.get("loss/D_real", float("nan")) + means.get("loss/D_fake", float("nan"))
                     g_loss = means.get("loss/G", float("nan"))
+                    extra = "".join(
+                        f" {k.split('/')[-1] if k.startswith('metric/judge') else k.split('/', 1)[-1]} {v:.3f}"
+                        for k, v in last.items() if k.startswith("metric/") and k != "metric/best"
+                    )
+                    aux = "".join(f" {k[8:]} {v:.2f}" for k, v in last.items() if k.startswith("aux_acc/"))
+                    regs = "".join(f" {n} {means[k]:.4f}" for n, k in (("r1", "loss/r1_penalty"), ("pl_mean", "loss/pl_mean"))
+                                   if k in means)  # a tick without a regulariser step shows none
                     self.log(
                         f"tick {self.cur_tick:<4d} kimg {last['kimg']:<9.3f} sec/kimg {last['sec_per_kimg']:<8.2f} "
-                        f"p {last['augment_p']:.3f} G {g_loss:.3f} D {d_loss:.3f} "
-                        f"r1 {means.get('loss/r1_penalty', float('nan')):.4f} pl_mean {means.get('loss/pl_mean', float('nan')):.4f}"
+                        f"p {last['augment_p']:.3f} G {g_loss:.3f} D {d_loss:.3f}{regs}{aux}{extra}"
+                        + (f" t {last['cond_t']:.2f}" if "cond_t" in last else "")
+                        + (" (best)" if last.get("metric/best") else "")
                     )
                     if bar is not None:
                         bar.set_postfix_str(f"s/kimg={last['sec_per_kimg']:.1f} p={last['augment_p']:.3f} G={g_loss:.2f} D={d_loss:.2f}")
