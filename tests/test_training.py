@@ -68,7 +68,11 @@ def test_presets_follow_reference_formulas():
     s = resolve_preset("stylegan2", 256)
     assert (s.batch, s.channel_base, s.lr, s.gamma, s.ema_kimg) == (32, 32768, 0.002, 10.0, 10.0)
     c = resolve_preset("cpu", 32)
-    assert c.channel_base == 2048 and c.channel_max == 64 and c.batch == 16 and 0.1 <= c.gamma <= 1
+    assert c.channel_base == 1024 and c.channel_max == 64 and c.batch == 32 and 0.1 <= c.gamma <= 1
+    assert (c.z_dim, c.pl_weight, c.reuse_fakes, c.ada_kimg) == (128, 0.0, True, 100.0)
+    assert resolve_preset("cpu", 64).channel_base == 2048  # 32 channels at the output resolution
+    v1 = resolve_preset("cpu-v1", 32)  # the earlier cpu preset, the benchmark's baseline
+    assert (v1.channel_base, v1.batch, v1.z_dim, v1.pl_weight) == (2048, 16, 512, 2.0)
     with pytest.raises(ValueError, match="power of two"):
         resolve_preset("auto", 48)
 
@@ -186,7 +190,7 @@ def test_cli_dry_run_prints_options_and_writes_nothing(small_dataset, tmp_path):
     assert r.exit_code == 0, r.output
     d = json.loads(r.output)
     o = d["options"]
-    assert o["gamma"] == 0.7 and o["batch"] == 8 and o["channel_base"] == 2048 and o["preset"] == "cpu"
+    assert o["gamma"] == 0.7 and o["batch"] == 8 and o["channel_base"] == 512 and o["preset"] == "cpu"
     assert o["ties"] == ["age:child=infant+adolescent"] and d["run_dir"].endswith("00000-ds-disease-age-cpu-16")
     assert not out.exists()
 

@@ -86,6 +86,7 @@ def resolve_options(params: dict, given: set[str], imageset=None):
         snap=pre.snap,
         pl_weight=pre.pl_weight,
         ada_kimg=pre.ada_kimg,
+        reuse_fakes=pre.reuse_fakes,
         conv_clamp=256.0 if params["precision"] != "fp32" else None,
     )
     for opt, fld in _PRESET_FIELDS.items():
@@ -134,6 +135,7 @@ def _apply_runtime(o, params: dict) -> None:
     o.judge = [str(Path(j).resolve()) for j in params["judge"]]
     o.metrics_every = params["metrics_every"]
     o.judge_per_cell = params["judge_per_cell"]
+    o.time_limit = params["time_limit"]
 
 
 def _check_resume_overrides(stored, params: dict, given: set[str], fresh) -> None:
@@ -198,6 +200,8 @@ def _check_resume_overrides(stored, params: dict, given: set[str], fresh) -> Non
 @click.option("--judge-per-cell", type=int, default=10, help="Generated images per condition cell for each judge score.")
 @click.option("--compile", "compile", is_flag=True, help="torch.compile the main G and D passes (slow first step).")
 @click.option("--threads", type=int, default=None, help="torch CPU threads. Default: torch's choice.")
+@click.option("--time-limit", type=float, default=None,
+              help="Stop after this many minutes of training in this process (at a tick end, with a snapshot); --resume goes on.")
 @click.option("--resume", type=click.Path(exists=True, path_type=Path), default=None,
               help="Our snapshot or run folder (true resume), or an official .pkl (weights only, reported surgery).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs"), help="Parent folder of numbered run folders.")
@@ -266,7 +270,7 @@ def train(ctx: click.Context, **params) -> None:
             for name, cli in (("kimg", "kimg"), ("tick_kimg", "tick"), ("snap", "snap"), ("device", "device"), ("precision", "precision")):
                 if cli in given:
                     setattr(opts, name, params[cli])
-            if given & {"compile", "threads", "judge", "metrics_every", "judge_per_cell"}:
+            if given & {"compile", "threads", "judge", "metrics_every", "judge_per_cell", "time_limit"}:
                 _apply_runtime(opts, params)
             if "data" in given:
                 opts.data = str(params["data"])

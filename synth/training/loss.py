@@ -41,6 +41,9 @@ class LossOptions:
     pl_weight: float = 2.0
     pl_batch_shrink: int = 2
     pl_decay: float = 0.01
+    # D's fake pass reuses the images of the G pass just before it (detached) instead of
+    # generating new ones: one G forward fewer per minibatch.  The fakes are one G step old.
+    reuse_fakes: bool = False
 
 
 class StyleGAN2Loss:
@@ -66,6 +69,10 @@ class StyleGAN2Loss:
         self.lecam = lecam
         self.transitional = transitional
         self.cond_t = 1.0  # the transitional label weight; the loop sets it every minibatch
+        # torch.compile'd forwards for the main phases (see compile_main); the regularisers
+        # differentiate gradients, which compiled graphs cannot, so they keep the eager modules.
+        self._synthesis_main = G.synthesis
+        self._D_main = D
         self.augment_pipe = augment_pipe
         self.opts = opts or LossOptions()
         self.ada = ada  # AdaController collecting sign(D(real)) or None
@@ -75,9 +82,15 @@ class StyleGAN2Loss:
         self.scaler = scaler
         device = next(G.parameters()).device
         self.pl_mean = torch.zeros([], device=device)
+        self._fakes: tuple[torch.Tensor, torch.Tensor] | None = None  # reuse_fakes: the last G pass
+
+    def compile_main(self) -> None:
+        """Use torch.compile (inductor) for the G synthesis and D passes of the main phases."""
+        self._synthesis_main = torch.compile(self.G.synthesis, dynamic=False)
+        self._D_main = torch.compile(self.D, dynamic=False)
 
     # ---- forward helpers -----------------------------------------------------------------
-    def run_G(self, z: torch.Tensor, c: torch.Tensor, update_emas: bool = False):
+    def run_G(self, z: torch.Tensor, c: torch.Tensor, update_emas: bool = False, main: bool = True):
         ws = self.G.mapping(z, c, update_emas=update_emas)
         p = self.opts.style_mixing_prob
         if p > 0 and ws.shape[1] > 1:
@@ -89,16 +102,17 @@ class StyleGAN2Loss:
             ws2 = self.G.mapping(torch.randn_like(z), c, update_emas=False)
             mix = (torch.arange(num_ws, device=ws.device) >= cutoff)[None, :, None]
             ws = torch.where(mix, ws2, ws)
-        img = self.G.synthesis(ws, noise_mode="random")
+        img = (self._synthesis_main if main else self.G.synthesis)(ws, noise_mode="random")
         return img, ws
 
-    def run_D(self, img: torch.Tensor, c: torch.Tensor, update_emas: bool = False) -> dict:
+    def run_D(self, img: torch.Tensor, c: torch.Tensor, update_emas: bool = False, main: bool = True) -> dict:
         """D's outputs as a dict: ``logits`` (projection), ``uncond`` and ``aux`` (None when off)."""
         if self.augment_pipe is not None:
             img = self.augment_pipe(img)
+        D = self._D_main if main else self.D
         if self.aux is None and not self.transitional:
-            return {"logits": self.D(img, c, update_emas=update_emas), "uncond": None, "aux": None}
-        return self.D(img, c, update_emas=update_emas, parts=True)
+            return {"logits": D(img, c, update_emas=update_emas), "uncond": None, "aux": None}
+        return D(img, c, update_emas=update_emas, parts=True)
 
     def _realness(self, out: dict) -> torch.Tensor:
         # The logit that says "real": the unconditional one under transitional conditioning
@@ -144,8 +158,10 @@ class StyleGAN2Loss:
 
         if do_Gmain:
             with self.autocast():
-                gen_img, _ = self.run_G(gen_z, gen_c)
+                gen_img, _ = self.run_G(gen_z, gen_c, update_emas=o.reuse_fakes)
                 out = self.run_D(gen_img, gen_c)
+            if o.reuse_fakes:
+                self._fakes = (gen_img.detach(), gen_c)
             loss_G = self._logistic(out, -1.0)  # -log(sigmoid(D(G(z))))
             stats["loss/G"] = loss_G.detach()
             stats["scores/fake"] = out["logits"].detach().float()
@@ -160,7 +176,7 @@ class StyleGAN2Loss:
 
         if do_Gpl:
             bs = max(gen_z.shape[0] // o.pl_batch_shrink, 1)
-            gen_img, ws = self.run_G(gen_z[:bs], gen_c[:bs])
+            gen_img, ws = self.run_G(gen_z[:bs], gen_c[:bs], main=False)
             # Random image-space direction, scaled so the expected length does not depend on resolution.
             pl_noise = torch.randn_like(gen_img) / np.sqrt(gen_img.shape[2] * gen_img.shape[3])
             (pl_grads,) = torch.autograd.grad((gen_img * pl_noise).sum(), ws, create_graph=True)
@@ -175,8 +191,11 @@ class StyleGAN2Loss:
 
         if do_Dmain:
             # G is frozen in D phases: no graph through it is needed.
-            with torch.no_grad(), self.autocast():
-                gen_img, _ = self.run_G(gen_z, gen_c, update_emas=True)
+            if o.reuse_fakes and self._fakes is not None:
+                (gen_img, gen_c), self._fakes = self._fakes, None
+            else:
+                with torch.no_grad(), self.autocast():
+                    gen_img, _ = self.run_G(gen_z, gen_c, update_emas=True)
             with self.autocast():
                 out = self.run_D(gen_img, gen_c, update_emas=True)
             loss_Dgen = self._logistic(out, 1.0)  # -log(1 - sigmoid(D(G(z))))
@@ -192,7 +211,7 @@ class StyleGAN2Loss:
             real = real_img.detach().requires_grad_(do_Dr1)
             ctx = self.autocast() if not do_Dr1 else contextlib.nullcontext()
             with ctx:
-                out = self.run_D(real, real_c)
+                out = self.run_D(real, real_c, main=not do_Dr1)
             real_logits = self._realness(out)
             loss = torch.zeros(real_logits.shape[0], device=real_logits.device)
             if do_Dmain:

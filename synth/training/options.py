@@ -56,6 +56,7 @@ class TrainingOptions:
     pl_decay: float = 0.01
     pl_batch_shrink: int = 2
     style_mixing: float = 0.9
+    reuse_fakes: bool = False  # D's fake pass reuses the G pass's images (one G forward fewer)
     # augmentation
     aug: str = "ada"  # ada | fixed | none
     aug_kind: str = "faces"
@@ -73,6 +74,7 @@ class TrainingOptions:
     # speed
     compile: bool = False  # torch.compile the main G and D passes (inductor; CPU and CUDA)
     threads: int | None = None  # torch intra-op threads (None: torch's default)
+    time_limit: float | None = None  # minutes of training in one process; then snapshot and stop
     # fidelity while training (needs judges; otherwise nothing is scored)
     judge: list[str] = field(default_factory=list)  # classifier checkpoints or CV folders
     metrics_every: float | None = None  # score G_ema every this many kimg
@@ -150,6 +152,8 @@ class TrainingOptions:
             bad("metrics_every", "needs at least one --judge classifier")
         if self.judge_per_cell < 1:
             bad("judge_per_cell", f"{self.judge_per_cell} must be >= 1")
+        if self.time_limit is not None and not self.time_limit > 0:
+            bad("time_limit", f"{self.time_limit} must be > 0 minutes")
         if self.threads is not None and self.threads < 1:
             bad("threads", f"{self.threads} must be >= 1")
 
@@ -160,5 +164,5 @@ class TrainingOptions:
     # Options a resumed run may change; anything else must match the snapshot.
     RESUME_MUTABLE = (
         "kimg", "tick_kimg", "snap", "grid_every", "device", "precision", "progress", "data",
-        "compile", "threads", "judge", "metrics_every", "judge_per_cell",
+        "compile", "threads", "time_limit", "judge", "metrics_every", "judge_per_cell",
     )

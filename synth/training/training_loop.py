@@ -263,6 +263,7 @@ class Trainer:
             pl_weight=o.pl_weight,
             pl_batch_shrink=o.pl_batch_shrink,
             pl_decay=o.pl_decay,
+            reuse_fakes=o.reuse_fakes,
         )
         from synth.training.criteria import AuxClassifierLoss, LeCam
 
@@ -272,6 +273,8 @@ class Trainer:
             lecam=LeCam(o.lecam_weight, o.lecam_decay, device=self.device) if o.lecam_weight > 0 else None,
             transitional=o.transitional,
         )
+        if o.compile:
+            self.loss.compile_main()
         self._set_cond_weight()
 
     def cond_weight(self) -> float:
@@ -662,10 +665,11 @@ class Trainer:
                     if done or self.cur_nimg // every > (self.cur_nimg - tick_imgs) // every:
                         last.update(self._score())
                 self.tick_start_nimg = self.cur_nimg
+                out_of_time = o.time_limit is not None and time.time() - self._t_start >= o.time_limit * 60
                 if self.rank == 0:
                     if self.run_dir is not None and (self.cur_tick % o.grid_every == 0 or done):
                         self.save_grid(f"fakes-{self.cur_nimg / 1000:09.3f}.png")
-                    stopping = max_ticks is not None and ticks_done + 1 >= max_ticks
+                    stopping = (max_ticks is not None and ticks_done + 1 >= max_ticks) or out_of_time
                     if self.run_dir is not None and (self.cur_tick % o.snap == 0 or done or stopping):
                         self.save_snapshot()
                     last["maintenance_sec"] = round(time.time() - maint_t0, 3)
@@ -696,6 +700,10 @@ class Trainer:
                 ticks_done += 1
                 tick_t0 = time.time()
                 if max_ticks is not None and ticks_done >= max_ticks:
+                    break
+                if out_of_time and not done:
+                    self.log(f"time limit of {o.time_limit:g} min reached at kimg {self.cur_nimg / 1000:.3f}; "
+                             f"continue with --resume {self.run_dir}")
                     break
         finally:
             if bar is not None:
