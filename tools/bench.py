@@ -97,6 +97,48 @@ def bench_train(resolution=32, batch=16, channel_base=4096, channel_max=128, map
         }
 
 
+def preset_options(name: str, resolution: int, device: str = "cpu"):
+    """TrainingOptions of preset ``name`` exactly as ``synth train --preset NAME`` resolves them."""
+    from synth.training.cli import resolve_options, train
+
+    # Every option at its CLI default, then the preset, a fixed augment p and no monitoring.
+    params = {p.name: (() if p.multiple else p.default if isinstance(p.default, bool) else False
+                       if getattr(p, "is_flag", False) else p.default) for p in train.params}
+    params.update(preset=name, resolution=resolution, device=device, aug="fixed", p=0.2, no_progress=True)
+    o = resolve_options(params, set())
+    o.progress = False
+    return o
+
+
+def bench_preset(preset="cpu", resolution=32, iters=32, warmup=4, device="cpu", seed=0, **overrides) -> dict:
+    """Training minibatches of a preset (its batch, widths, regularisers), on the bench dataset."""
+    from synth.training.stats import peak_memory_mb
+    from synth.training.training_loop import Trainer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        imageset = _bench_dataset(Path(tmp), resolution)
+        opts = preset_options(preset, resolution, device)
+        for k, v in overrides.items():
+            setattr(opts, k, v)
+        t = Trainer(opts, None, imageset=imageset)
+        for _ in range(warmup):
+            t.step()
+        _sync(device)
+        t0, c0 = time.perf_counter(), time.process_time()
+        for _ in range(iters):
+            t.step()
+        _sync(device)
+        dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+        n = iters * opts.batch
+        return {
+            "mode": "preset", "preset": preset, **({"overrides": overrides} if overrides else {}),
+            "resolution": resolution, "batch": opts.batch, "iters": iters,
+            "img_per_s": round(n / dt, 2), "sec_per_kimg": round(dt / n * 1000, 2), "img_per_cpu_s": round(n / cpu, 2),
+            "peak_mem_mb": round(peak_memory_mb(device), 1),
+            "G_params": sum(p.numel() for p in t.G.parameters()), "D_params": sum(p.numel() for p in t.D.parameters()),
+        }
+
+
 def bench_generate(resolution=32, batch=16, channel_base=4096, channel_max=128, map_layers=2, iters=16, warmup=2,
                    device="cpu", precision="fp32", z_dim=512, seed=0) -> dict:
     import torch
@@ -187,6 +229,21 @@ def generate(threads, **kw) -> None:
     click.echo(json.dumps({**bench_generate(**kw), "env": _env(threads, kw["device"])}, indent=2))
 
 
+@cli.command()
+@click.option("--preset", "presets", multiple=True, default=("cpu-v1", "cpu"), show_default=True)
+@click.option("--resolution", type=int, default=32, show_default=True)
+@click.option("--iters", type=int, default=32, show_default=True, help="timed minibatches")
+@click.option("--threads", type=int, default=2, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+def preset(presets, resolution, iters, threads, device) -> None:
+    """Training speed of whole presets in one run; ratios against the first one."""
+    _setup(threads)
+    results = [bench_preset(p, resolution, iters=iters, device=device) for p in presets]
+    for r in results:
+        r["ratio_vs_" + presets[0]] = round(r["img_per_s"] / results[0]["img_per_s"], 3)
+    click.echo(json.dumps({"results": results, "env": _env(threads, device)}, indent=2))
+
+
 @cli.command("all")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Also write the results to this JSON file.")
 @click.option("--iters", type=int, default=16, show_default=True)
@@ -203,6 +260,16 @@ def all_(out, iters, threads, device) -> None:
         click.echo(json.dumps(results[-1]), err=True)
         results.append(bench_generate(resolution=res, iters=iters, device=device))
         click.echo(json.dumps(results[-1]), err=True)
+    # The cpu preset against the earlier one (cpu-v1), measured in this run: the speed of
+    # actual CPU training, including the auxiliary classifier recipe.
+    base = None
+    for name, extra in (("cpu-v1", {}), ("cpu", {}), ("cpu", {"aux_weight": 1.0}), ("cpu", {"aux_weight": 1.0, "lecam_weight": 0.01,
+                        "cond_start_kimg": 5.0, "cond_end_kimg": 20.0})):
+        r = bench_preset(name, 32, iters=max(iters * 2, 8), device=device, **extra)
+        base = base or r["img_per_s"]
+        r["ratio_vs_cpu-v1"] = round(r["img_per_s"] / base, 3)
+        results.append(r)
+        click.echo(json.dumps(r), err=True)
     doc = {"results": results, "env": _env(threads, device),
            "reference_img_per_s": {"train@32": 15, "train@64": 4.4, "generate@32": 100, "generate@64": 57}}
     text = json.dumps(doc, indent=2)

@@ -683,7 +683,7 @@ class Trainer:
                     d_loss = means.get("loss/D_real", float("nan")) + means.get("loss/D_fake", float("nan"))
                     g_loss = means.get("loss/G", float("nan"))
                     extra = "".join(
-                        f" {k.split('/')[-1] if k.startswith('metric/judge') else k.split('/', 1)[-1]} {v:.3f}"
+                        f" {k.split('/')[-1] if k.startswith('metric/judge') else k.split('/', 1)[-1]} {v:.3g}"
                         for k, v in last.items() if k.startswith("metric/") and k != "metric/best"
                     )
                     aux = "".join(f" {k[8:]} {v:.2f}" for k, v in last.items() if k.startswith("aux_acc/"))

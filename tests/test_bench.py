@@ -1,0 +1,31 @@
+"""The benchmark's preset mode builds exactly the options `synth train --preset` resolves."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+
+
+def test_bench_preset_options_match_the_train_cli():
+    from bench import preset_options
+
+    from synth.training.cli import train
+
+    for name in ("cpu", "cpu-v1"):
+        r = CliRunner().invoke(train, ["--preset", name, "--resolution", "32", "--aug", "fixed", "--p", "0.2", "--dry-run"])
+        assert r.exit_code == 0, r.output
+        cli = json.loads(r.output)["options"]
+        ours = preset_options(name, 32).to_dict()
+        cli["progress"] = ours["progress"]
+        assert ours == cli, {k: (ours[k], cli[k]) for k in ours if ours[k] != cli.get(k)}
+
+
+def test_bench_preset_runs_a_tiny_step():
+    from bench import bench_preset
+
+    r = bench_preset("cpu", 8, iters=1, warmup=1, batch=4, channel_base=32, channel_max=8, mbstd_group=2)
+    assert r["mode"] == "preset" and r["batch"] == 4 and r["img_per_s"] > 0
