@@ -240,3 +240,14 @@ def test_cli_official_pickle_errors_are_one_line(small_dataset, tmp_path):
     err = [line for line in r.output.splitlines() if line.startswith("Error")]
     assert len(err) == 1 and "ffhq.pkl" in err[0]
     assert not out.exists()
+
+
+def test_time_limit_stops_at_a_tick_with_a_snapshot_and_resume_continues(small_dataset, tmp_path):
+    t = Trainer(small_space_opts(small_dataset, kimg=0.032, time_limit=1e-6), tmp_path / "run")
+    t.train()
+    assert t.cur_nimg == 8 and t.last_snapshot is not None and t.last_snapshot.is_file()
+    assert "time limit" in (tmp_path / "run" / "log.txt").read_text()
+    more = Trainer(small_space_opts(small_dataset, kimg=0.016), tmp_path / "run")
+    more.resume(tmp_path / "run")
+    more.train()
+    assert more.cur_nimg == 16
