@@ -2,7 +2,8 @@
 
 Every command writes into ``--out DIR``: ``options.json`` (the exact options), metrics as
 JSON/CSV, figures, and model checkpoints where it trains.  Errors in the input are reported
-in one line with a non-zero exit status; nothing is half-written.
+in one line with a non-zero exit status; nothing is half-written.  ``train`` and ``cv``
+refuse a non-empty ``--out`` unless ``--force``, which first removes their earlier results.
 """
 from __future__ import annotations
 
@@ -61,6 +62,35 @@ def _write_options(out: Path, command: str, options: dict[str, Any]) -> None:
     clean = {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in options.items()}
     doc = {"command": f"synth classify {command}", "argv": sys.argv[1:], "options": clean}
     atomic_write_text(out / "options.json", json.dumps(doc, indent=2, default=str) + "\n")
+
+
+def _report_files(prefix: str = "") -> list[str]:
+    """Names :func:`classifiers.metrics.write_report` writes."""
+    return [f"{prefix}{n}" for n in ("metrics.json", "per_class.csv", "confusion_matrix.csv", "confusion_matrix.png", "per_cell.csv")]
+
+
+_MODEL_FILES = ("model.safetensors", "model.json", "log.jsonl")
+_FOLD_DIRS = ("fold[0-9]", "fold[0-9][0-9]")
+# What `classify train` and `classify cv` write (globs relative to --out).  --force removes
+# both sets: checkpoint discovery prefers a top-level model.safetensors over fold*/ ones, so
+# a folder holding both would evaluate the wrong models.
+TRAIN_CV_OUTPUTS = (
+    "options.json", *_MODEL_FILES, *_report_files(), *_report_files("val_"),
+    "folds.csv", "oof_predictions.csv", "cv_result.json", *_report_files("oof_"),
+    "summary.json", "summary.csv", "per_class_summary.csv", "per_cell_summary.csv",
+    *[f"{d}/{n}" for d in _FOLD_DIRS for n in (*_MODEL_FILES, *_report_files())],
+)
+
+
+def _prepare_out(out: Path, force: bool) -> Path:
+    """Refuse a non-empty --out without --force; with it, remove earlier train/cv results."""
+    from classifiers.data import ClassifierDataError
+    from synth.utils.io import prepare_out_dir
+
+    return prepare_out_dir(out, force, TRAIN_CV_OUTPUTS, error=ClassifierDataError)
+
+
+_FORCE_HELP = "Write into a non-empty --out folder, first removing the results of an earlier train or cv there."
 
 
 def _set_threads(threads: int | None) -> None:
@@ -197,6 +227,7 @@ def classify() -> None:
 @click.option("--folds", "k", default=5, show_default=True, type=int, help="Fold count when --val-fold makes folds.")
 @click.option("--fold-seed", default=0, show_default=True, type=int)
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@click.option("--force", is_flag=True, help=_FORCE_HELP)
 @friendly
 def train_cmd(**o) -> None:
     """Train one classifier (best epoch by validation balanced accuracy when validation is given)."""
@@ -227,7 +258,7 @@ def train_cmd(**o) -> None:
             raise click.UsageError(f"--val-fold {o['val_fold']}: folds are 0..{folds.max()}")
         train_set = imageset.subset(np.flatnonzero(folds != o["val_fold"]))
         val_set = imageset.subset(np.flatnonzero(folds == o["val_fold"]))
-    out: Path = o["out"]
+    out = _prepare_out(o["out"], o["force"])
     _write_options(out, "train", o)
 
     train = encode_images(train_set, target, cfg.size, o["own_weight"], progress=cfg.progress)
@@ -270,6 +301,7 @@ def train_cmd(**o) -> None:
               help="Test-time augmentation for out-of-fold predictions.")
 @click.option("--keep-empty", is_flag=True, help="Keep classes that no image carries (default: drop them).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@click.option("--force", is_flag=True, help=_FORCE_HELP)
 @friendly
 def cv_cmd(**o) -> None:
     """k-fold cross-validation: one model per fold, out-of-fold predictions, mean +- SD, per-cell table."""
@@ -291,7 +323,7 @@ def cv_cmd(**o) -> None:
         train=cfg, target=o["target"], k=o["k"], fold_seed=o["fold_seed"], cell_factors=cells, aux=aux,
         own_weight=o["own_weight"], extra_weight=o["extra_weight"], tta=o["tta"], drop_empty=not o["keep_empty"],
     )
-    out: Path = o["out"]
+    out = _prepare_out(o["out"], o["force"])
     _write_options(out, "cv", o)
     res = run_cv(imageset, cvc, folds=o["folds_csv"], out_dir=out, extra_train=extra)
     k = len(res.fold_metrics)

@@ -1,3 +1,4 @@
+import pytest
 from click.testing import CliRunner
 
 from synth.cli import main
@@ -51,3 +52,76 @@ def test_check_warns_on_non_rgb(tmp_path):
 def test_check_missing_dataset(tmp_path):
     r = run(tmp_path / "nowhere")
     assert r.exit_code == 2 and "dataset not found" in r.output
+
+
+# ---- unusable datasets and file names ------------------------------------------------------
+
+
+def test_check_header_only_labels_is_an_error(tmp_path):
+    root = tmp_path / "empty"
+    root.mkdir()
+    (root / "labels.csv").write_text("file,disease,age\n")
+    r = CliRunner().invoke(main, ["data", "check", str(root)])
+    assert r.exit_code == 2, r.output
+    assert f"{root / 'labels.csv'}: lists no images" in r.output
+    assert "usable images" not in r.output and "no subject column" not in r.output
+
+
+def test_check_dataset_whose_images_are_all_broken_is_an_error(tmp_path):
+    root = write_tiny_dataset(tmp_path / "d", grid_rows(["syndrome_a"], ["child"], 2))
+    for p in (root / "img").iterdir():
+        p.write_bytes(b"broken")
+    r = CliRunner().invoke(main, ["data", "check", str(root)])
+    assert r.exit_code == 2 and "none of the 2 listed images is usable" in r.output
+    assert "usable images;" not in r.output
+
+
+def test_check_names_the_corrupt_file(tmp_path):
+    root = write_tiny_dataset(tmp_path / "d", grid_rows(["syndrome_a"], ["child"], 3))
+    (root / "img" / "0001.png").write_bytes(b"\x89PNG\r\n\x1a\n but not really")
+    r = run(root)
+    assert r.exit_code == 2
+    line = next(l for l in r.output.splitlines() if "unreadable or corrupt image" in l)
+    assert str(root / "img" / "0001.png") in line and "BytesIO" not in r.output
+
+
+# ---- label paths must stay inside the dataset ----------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["../outside.png", "img/../../outside.png", "{abs}"])
+def test_label_paths_outside_the_dataset_are_refused(tmp_path, bad):
+    from synth.data.dataset import DatasetError, open_dataset
+
+    outside = tmp_path / "outside.png"
+    rows = grid_rows(["syndrome_a", "unaffected"], ["child"], 2)
+    root = write_tiny_dataset(tmp_path / "d", rows)
+    outside.write_bytes((root / rows[0]["file"]).read_bytes())  # a real, readable image
+    bad = bad.format(abs=outside)
+    rows[2]["file"] = bad  # line 4 of labels.csv (line 1 is the header)
+    write_tiny_dataset(root, rows)
+    with pytest.raises(DatasetError) as e:
+        open_dataset(root)
+    msg = str(e.value)
+    assert msg.startswith(f"{root / 'labels.csv'}: line 4: {bad}") and "\n" not in msg
+    r = run(root)
+    assert r.exit_code == 2 and "line 4" in r.output and "outside the dataset" in r.output
+
+    from classifiers.cli import classify
+
+    out = tmp_path / "cv"
+    r = CliRunner().invoke(classify, ["cv", "--data", str(root), "--model", "small_cnn", "--size", "16", "--epochs", "1",
+                                      "--folds", "2", "--device", "cpu", "--no-progress", "--out", str(out)])
+    assert r.exit_code == 1 and "line 4" in r.output and "Traceback" not in r.output
+    assert not out.exists()
+
+
+def test_nvlabs_entries_outside_the_dataset_are_refused(tmp_path):
+    import json
+
+    from synth.data.dataset import DatasetError, open_dataset
+
+    root = tmp_path / "nv"
+    root.mkdir()
+    (root / "dataset.json").write_text(json.dumps({"labels": [["a.png", 0], ["/etc/passwd.png", 1]]}))
+    with pytest.raises(DatasetError, match=r"dataset.json: entry 1: /etc/passwd.png is an absolute path"):
+        open_dataset(root)

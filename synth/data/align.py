@@ -28,7 +28,7 @@ import click
 import numpy as np
 from PIL import Image, ImageOps
 
-from synth.data.dataset import IMAGE_EXTENSIONS, LABELS_CSV, NVLABS_JSON, SCHEMA_FILE
+from synth.data.dataset import IMAGE_EXTENSIONS, LABELS_CSV, NVLABS_JSON, SCHEMA_FILE, to_rgb
 from synth.utils.io import atomic_path, atomic_write_text
 
 __all__ = [
@@ -377,11 +377,12 @@ class AlignSummary:
 
 
 def _read_image(path: Path) -> Image.Image:
-    """Decode fully (so truncated files fail here), honour EXIF rotation, convert to RGB."""
+    """Decode fully (so truncated files fail here), honour EXIF rotation, convert to RGB
+    as datasets do (16-bit scans keep their greys instead of turning white)."""
     with Image.open(path) as im:
         im.load()
         im = ImageOps.exif_transpose(im)
-        return im.convert("RGB")
+        return to_rgb(im, str(path))
 
 
 def _list_images(in_dir: Path, out_dir: Path) -> list[str]:

@@ -7,12 +7,14 @@ from typing import Sequence
 
 from synth.data.dataset import (
     LABELS_CSV,
+    NVLABS_JSON,
     DatasetError,
     ImageSet,
     _read_labels_csv,
     _Storage,
-    decode_image,
     open_dataset,
+    open_image,
+    to_rgb,
 )
 
 __all__ = ["CheckReport", "check_dataset", "format_cell_table"]
@@ -86,12 +88,10 @@ def check_dataset(
             missing.add(i)
             continue
         try:
-            from PIL import Image
-            import io
-
-            mode = Image.open(io.BytesIO(data)).mode
-            decode_image(data, imageset.path_of(i))
-        except Exception as e:
+            img = open_image(data, imageset.path_of(i))
+            mode = img.mode
+            to_rgb(img, imageset.path_of(i))
+        except DatasetError as e:  # names the file (PIL's own message names a BytesIO object)
             report.problems.append(("unreadable or corrupt image", str(e).split("\n")[0]))
             bad.add(i)
             continue
@@ -104,7 +104,16 @@ def check_dataset(
     # Count only images that can be used.
     keep = [i for i in range(len(imageset)) if i not in missing and i not in bad]
     report.imageset = imageset.subset(keep)
+    if not imageset.records:
+        report.problems.append(("empty dataset", f"{_label_file(storage)}: lists no images"))
+    elif not keep:
+        report.problems.append(("empty dataset", f"{path}: none of the {len(imageset)} listed images is usable"))
     return report
+
+
+def _label_file(storage: _Storage) -> str:
+    """The table that lists the images (labels.csv or dataset.json), as shown to the user."""
+    return storage.display(LABELS_CSV if storage.exists(LABELS_CSV) else NVLABS_JSON)
 
 
 def format_cell_table(imageset: ImageSet, factors: Sequence[str] | None = None, min_count: int = DEFAULT_TINY) -> str:

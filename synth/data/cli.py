@@ -33,12 +33,13 @@ def check(directory: str, cond: str | None, min_count: int, quiet: bool) -> None
     DIRECTORY is a folder (or .zip) with labels.csv (columns: file, one per factor, optional
     subject and p_<factor>=<level> soft labels) and optional conditions.yaml, or an NVlabs
     dataset.json.  Exits with status 2 and one line per problem class when anything is wrong:
-    unreadable or corrupt images, unknown levels, missing or duplicate files.  Non-RGB images
-    are accepted (converted) with a warning.  In the table, `0!` marks an empty cell and `n*` a
+    unreadable or corrupt images, unknown levels, missing or duplicate files, label paths
+    outside the dataset, or no usable image at all.  Non-RGB images are accepted (converted,
+    16-bit scaled to 8-bit) with a warning.  In the table, `0!` marks an empty cell and `n*` a
     tiny one.
     """
     report = check_dataset(directory, split_factors(cond), min_count=min_count, progress=not quiet)
-    if report.imageset is not None and not quiet:
+    if report.imageset is not None and len(report.imageset) and not quiet:  # an empty set has no table
         ims = report.imageset
         click.echo(f"{directory}: {len(ims)} usable images; factors: " + ", ".join(
             f"{f.name} ({' < '.join(f.levels) if f.ordinal else ', '.join(f.levels)})" for f in ims.space.factors))

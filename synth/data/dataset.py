@@ -10,10 +10,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import warnings
 import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -26,6 +27,9 @@ __all__ = [
     "Record",
     "ImageSet",
     "open_dataset",
+    "open_image",
+    "to_rgb",
+    "decode_image",
     "write_labels_csv",
     "TorchImageDataset",
     "balanced_weights",
@@ -115,16 +119,59 @@ class _Storage:
         return f"{self.path}:{rel}" if self._zip is not None else str(self.path / rel)
 
 
-def decode_image(data: bytes, name: str) -> Image.Image:
-    """Decode fully (so truncated files fail here, not later) and convert to RGB."""
+def open_image(data: bytes, name: str) -> Image.Image:
+    """Decode fully (so truncated files fail here, not later), in the file's own mode."""
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
     except Exception as e:  # PIL raises many types for bad files
-        raise DatasetError(f"{name}: unreadable or corrupt image ({type(e).__name__}: {e})".splitlines()[0]) from None
-    if img.mode != "RGB":
-        img = img.convert("RGB")
+        why = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(e))  # the name is ours, not the buffer's
+        raise DatasetError(f"{name}: unreadable or corrupt image ({type(e).__name__}: {why})".splitlines()[0]) from None
     return img
+
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _wide_to_8bit(img: Image.Image, name: str) -> Image.Image:
+    """16-bit, 32-bit integer and float greyscale as 8-bit 'L'.
+
+    Pillow's own conversion clips at 255, so a 16-bit scan turns white.  Integer 16-bit
+    modes map 0..65535 onto 0..255; 'I' and 'F' hold no fixed range, so values that fit
+    0..255 are kept, values that fit 0..65535 are read as 16-bit, anything else is refused.
+    """
+    arr = np.asarray(img)
+    if img.mode in _SIXTEEN_BIT_MODES:
+        scale = 65535
+    else:
+        arr = arr.astype(np.float64)
+        if not np.isfinite(arr).all():
+            raise DatasetError(f"{name}: {img.mode} image holds NaN or infinite values; cannot read it as 8-bit")
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < 0 or hi > 65535:
+            raise DatasetError(
+                f"{name}: {img.mode} image values {lo:g}..{hi:g} fit neither 0..255 nor 0..65535; save it as 8- or 16-bit"
+            )
+        scale = 255 if hi <= 255 else 65535
+    grey = np.rint(arr.astype(np.float64) * (255.0 / scale)).astype(np.uint8)
+    return Image.fromarray(grey, mode="L")
+
+
+def to_rgb(img: Image.Image, name: str) -> Image.Image:
+    """The image as 8-bit RGB with its real values, or a one-line error naming ``name``."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in _SIXTEEN_BIT_MODES or img.mode in ("I", "F"):
+        img = _wide_to_8bit(img, name)
+    try:
+        return img.convert("RGB")
+    except (ValueError, OSError):
+        raise DatasetError(f"{name}: image mode {img.mode} is not supported; save it as RGB or greyscale") from None
+
+
+def decode_image(data: bytes, name: str) -> Image.Image:
+    """Decode fully (so truncated files fail here, not later) and convert to RGB."""
+    return to_rgb(open_image(data, name), name)
 
 
 # ----------------------------------------------------------------------------------------
@@ -246,6 +293,19 @@ def _space_from_rows(
     return ConditionSpace.from_levels(levels)
 
 
+def _outside_reason(file: str) -> str | None:
+    """Why a listed path may lead out of the dataset folder (None if it stays inside).
+
+    Absolute paths and '..' parts are refused when the dataset is opened, so no command
+    trains on, checks or copies a file that is not part of the dataset.
+    """
+    if file.startswith(("/", "\\")) or PureWindowsPath(file).drive or PurePosixPath(file).is_absolute():
+        return "is an absolute path"
+    if ".." in PurePosixPath(file.replace("\\", "/")).parts:
+        return "leaves the dataset folder ('..')"
+    return None
+
+
 def _factor_columns(header: Sequence[str]) -> list[str]:
     return [h for h in header if h not in RESERVED_COLUMNS and not h.startswith("p_")]
 
@@ -315,6 +375,10 @@ def _read_labels_csv(
             fail("duplicate file", f"{where}: line {lineno}: {file} already listed on line {seen_files[file]}")
             continue
         seen_files[file] = lineno
+        outside = _outside_reason(file)
+        if outside:
+            fail("path outside the dataset", f"{where}: line {lineno}: {file} {outside}; list files relative to the dataset folder")
+            continue
         labels = {f: (row.get(f) or "").strip() for f in factors}
         try:
             labels = schema.check_labels(labels)
@@ -368,6 +432,9 @@ def _read_nvlabs_json(storage: _Storage, cond: Sequence[str] | None, space: Cond
         if not isinstance(pair, (list, tuple)) or len(pair) != 2:
             raise DatasetError(f"{where}: entry {k} is not [file, label]")
         file, label = pair
+        outside = _outside_reason(str(file))
+        if outside:
+            raise DatasetError(f"{where}: entry {k}: {file} {outside}; list files relative to the dataset folder")
         try:
             if isinstance(label, int):
                 if len(schema.factors) != 1:

@@ -81,10 +81,13 @@ def _metric_list(ctx, param, value):
 @click.option("--device", default="cpu", show_default=True, help="Torch device, e.g. cpu or cuda.")
 @click.option("--mean-w-samples", type=click.IntRange(min=1), default=2000, show_default=True,
               help="z samples per label for the per-condition average w used by truncation.")
+@click.option("--force", is_flag=True, help="Write into a non-empty --out folder, first removing the results of an "
+                                          "earlier `synth metrics` there.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_one_line_errors
 def metrics(network, data, judges, judge_age, metric_names, per_cell, seeds, seed, steps, psi, kind, inception,
-            feature_model, feature_size, pixel_size, kid_subsets, top, gate, out, batch, device, mean_w_samples, quiet):
+            feature_model, feature_size, pixel_size, kid_subsets, top, gate, out, batch, device, mean_w_samples, force,
+            quiet):
     """Measure a conditional generator against real data and judge classifiers.
 
     \b
@@ -94,18 +97,19 @@ def metrics(network, data, judges, judge_age, metric_names, per_cell, seeds, see
     fid           KID and FID per cell and overall
     memorisation  nearest real training image of each generated image (features and pixels)
 
-    Writes OUT/metrics.json and OUT/metrics.md.  Nothing is downloaded.
+    Writes OUT/metrics.json and OUT/metrics.md.  A non-empty OUT is refused unless --force,
+    which first removes the results of an earlier run there.  Nothing is downloaded.
     """
     from synth.data.dataset import open_dataset
     from synth.quality.errors import QualityError
     from synth.quality.features import inception_extractor
     from synth.quality.fidelity import load_judges
-    from synth.quality.report import METRICS, MetricsConfig, run_metrics, write_outputs
+    from synth.quality.report import METRICS, OUTPUTS, MetricsConfig, run_metrics, write_outputs
     from synth.synthesis.labels import parse_seeds
     from synth.synthesis.network import open_generator
+    from synth.utils.io import check_out_dir, prepare_out_dir
 
-    if out.exists() and not out.is_dir():
-        raise QualityError(f"--out {out}: exists and is not a folder")
+    check_out_dir(out, force, error=QualityError)  # refuse before any slow work
     if data is not None and not data.exists():
         raise QualityError(f"--data {data}: not found")
     for opt, j in [("--judge", j) for j in judges] + ([("--judge-age", judge_age)] if judge_age else []):
@@ -129,6 +133,7 @@ def metrics(network, data, judges, judge_age, metric_names, per_cell, seeds, see
         extra={"network": str(net_path), "data": str(data) if data else None,
                "inception": str(inception) if inception else None, "gate": gate},
     )
+    out = prepare_out_dir(out, force, OUTPUTS, error=QualityError)  # no stale figure beside new numbers
     result = run_metrics(G, space, cfg, loaded, jage, imageset, extractor, out)
     jp, mp = write_outputs(result, out)
     click.echo(f"wrote {jp} and {mp}")

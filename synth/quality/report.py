@@ -14,9 +14,11 @@ from synth.conditions import ConditionSpace
 from synth.quality.errors import QualityError
 from synth.utils.io import atomic_write_text
 
-__all__ = ["MetricsConfig", "METRICS", "run_metrics", "render_markdown", "write_outputs", "ordinal_factor", "resolve_kind"]
+__all__ = ["MetricsConfig", "METRICS", "OUTPUTS", "run_metrics", "render_markdown", "write_outputs", "ordinal_factor", "resolve_kind"]
 
 METRICS = ("fidelity", "progression", "fid", "memorisation")
+# Everything a run writes into its --out folder (``synth metrics --force`` removes these first).
+OUTPUTS = ("metrics.json", "metrics.md", "memorisation_top.png")
 
 
 @dataclass

@@ -129,11 +129,12 @@ def generate(ptype, out, data, per_cell, factor, steps, age_from, age_to, mixes,
     Counts follow the study: per (d, a) the mean count over d's age groups in --data
     (rare ages get more); each type totals about the affected training images.
     Output: PNGs, labels.csv (= manifest.csv), conditions.yaml, generation.json.
+    With --force, the images an earlier generation in --out listed are removed first.
     """
     from synth.synthesis.counts import parse_exclusions, resolve_roles
     from synth.synthesis.generate import generate_products
     from synth.synthesis.labels import SeedStream, parse_layers, parse_seeds
-    from synth.synthesis.manifest import prepare_out_dir
+    from synth.synthesis.manifest import earlier_generation, prepare_out_dir
 
     if steps < 2:
         raise click.UsageError(f"--steps {steps}: need at least 2")
@@ -144,7 +145,7 @@ def generate(ptype, out, data, per_cell, factor, steps, age_from, age_to, mixes,
     excl = parse_exclusions(list(exclude) if exclude else None, space)
     counts, how = _counts(space, roles, excl, per_cell, data, meta)
     layers = parse_layers(styles, rend.num_ws) if styles is not None else None
-    out = prepare_out_dir(out, force)
+    out = prepare_out_dir(out, force, earlier_generation(out))  # --force: no stale images of a bigger run
     rows = generate_products(
         rend.G, space, ptype, counts, SeedStream(seed_list, seed), psi, out, age_factor=fac, steps=steps,
         age_from=age_from, age_to=age_to, mixes=tuple(mixes) or (0.55,), style_layers=layers, progress=not quiet,

@@ -14,16 +14,19 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from synth.conditions import ConditionSpace
 from synth.synthesis.errors import SynthesisError
-from synth.utils.io import atomic_write_text
+from synth.utils.io import atomic_write_text, literal
+from synth.utils.io import prepare_out_dir as _prepare_out_dir
 
-__all__ = ["ManifestRow", "EXTRA_COLUMNS", "write_manifest", "prepare_out_dir", "rows_to_csv"]
+__all__ = ["ManifestRow", "EXTRA_COLUMNS", "GENERATION_FILES", "write_manifest", "prepare_out_dir", "earlier_generation", "rows_to_csv"]
 
+# What write_manifest puts beside the images.
+GENERATION_FILES = ("conditions.yaml", "generation.json", "manifest.csv", "labels.csv")
 # Generation parameters stored per row, after the factor and subject columns.
 EXTRA_COLUMNS = ("type", "seed", "seed2", "group", "psi", "mix", "mix_factor", "mix_from", "mix_to", "step", "styles")
 
@@ -56,15 +59,30 @@ def rows_to_csv(rows: Sequence[ManifestRow], space: ConditionSpace) -> str:
     return buf.getvalue()
 
 
-def prepare_out_dir(out: str | Path, force: bool) -> Path:
-    """Create ``out``; refuse a non-empty folder unless ``force`` (which overwrites files)."""
+def prepare_out_dir(out: str | Path, force: bool, outputs: Iterable[str] = ()) -> Path:
+    """Create ``out``; refuse a non-empty folder unless ``force``, which first removes the
+    earlier ``outputs`` (globs; see :func:`synth.utils.io.remove_outputs`) and overwrites."""
+    return _prepare_out_dir(out, force, outputs, error=SynthesisError)
+
+
+def earlier_generation(out: str | Path) -> list[str]:
+    """The files an earlier ``synth generate`` left in ``out`` (as literal globs).
+
+    Only a folder with ``generation.json`` counts as a generation, so ``--force`` into a real
+    dataset never deletes the images its labels.csv lists; the images are those its
+    manifest.csv and labels.csv list.
+    """
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise SynthesisError(f"--out {out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise SynthesisError(f"--out {out}: folder is not empty (use --force to write into it)")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    if not (out / "generation.json").is_file():
+        return []
+    names = list(GENERATION_FILES)
+    for table in ("manifest.csv", "labels.csv"):
+        try:
+            text = (out / table).read_text(encoding="utf-8-sig")
+            names += [r["file"].strip() for r in csv.DictReader(io.StringIO(text)) if (r.get("file") or "").strip()]
+        except (OSError, UnicodeDecodeError, csv.Error):  # a damaged table: go by the other one
+            continue
+    return [literal(n) for n in dict.fromkeys(names)]
 
 
 def write_manifest(out: str | Path, rows: Sequence[ManifestRow], space: ConditionSpace, settings: Mapping[str, Any] | None = None) -> None:

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from synth.utils.io import atomic_save
+from synth.utils.io import atomic_save, create_temp
 
 __all__ = [
     "upscale",
@@ -134,8 +133,7 @@ def save_png(img: Image.Image | np.ndarray, path: str | Path) -> None:
     im = img if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img, dtype=np.uint8))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = create_temp(path)  # not mkstemp: its 0600 would stick to the image
     try:
         im.save(tmp, format="PNG")
         os.replace(tmp, path)
@@ -187,11 +185,10 @@ def write_mp4(frames: Sequence[np.ndarray | Image.Image], path: str | Path, fps:
     h, w = arrs[0].shape[:2]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".mp4", dir=path.parent)
-    os.close(fd)
+    tmp = create_temp(path, suffix=".mp4")  # ffmpeg picks the container from the suffix
     try:
         writer = imageio_ffmpeg.write_frames(
-            tmp, (w, h), fps=fps, codec="libx264", pix_fmt_out="yuv420p", quality=quality,
+            str(tmp), (w, h), fps=fps, codec="libx264", pix_fmt_out="yuv420p", quality=quality,
             macro_block_size=16, ffmpeg_log_level="error",
         )
         writer.send(None)

@@ -1,13 +1,49 @@
-"""Atomic file writes: a reader never sees half a checkpoint, manifest or CSV."""
+"""Atomic file writes: a reader never sees half a checkpoint, manifest or CSV.
+
+Also the ``--out`` folder rule every writing command shares (:func:`prepare_out_dir`): a
+non-empty folder is refused without ``--force``, and ``--force`` first removes the outputs an
+earlier run left there, so no stale result sits beside the new ones.
+"""
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
-import tempfile
+import secrets
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_path", "atomic_save"]
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_path",
+    "atomic_save",
+    "create_temp",
+    "OutDirError",
+    "check_out_dir",
+    "remove_outputs",
+    "prepare_out_dir",
+    "literal",
+]
+
+
+def create_temp(path: str | os.PathLike, suffix: str = ".tmp") -> Path:
+    """Create an empty hidden file beside ``path`` (exclusively) and return its name.
+
+    Unlike ``tempfile.mkstemp`` (always 0600) the file gets the umask's default mode
+    (0666 & ~umask): it is renamed over ``path`` and keeps that mode, so outputs end up
+    readable by whoever could read a plainly written file.
+    """
+    path = Path(path)
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{suffix}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"{path}: no free temporary name beside it")
 
 
 @contextlib.contextmanager
@@ -18,9 +54,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = create_temp(path)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
@@ -45,3 +79,73 @@ def atomic_save(path: str | os.PathLike, writer: Callable[[Path], None]) -> None
     """Call ``writer(tmp_path)`` and move the result over ``path`` atomically."""
     with atomic_path(path) as tmp:
         writer(tmp)
+
+
+# ----------------------------------------------------------------------------------------
+# --out folders
+
+
+class OutDirError(ValueError):
+    """An --out folder that cannot be written as asked (one-line message naming it)."""
+
+
+def check_out_dir(out: str | os.PathLike, force: bool, error: type[Exception] = OutDirError) -> Path:
+    """Refuse a non-folder ``out`` or a non-empty one without ``force``; changes nothing.
+
+    Commands call this before any slow work, so a refusal costs nothing and writes nothing.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise error(f"--out {out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise error(f"--out {out}: folder is not empty (use --force to replace its earlier results)")
+    return out
+
+
+def remove_outputs(out: str | os.PathLike, patterns: Iterable[str]) -> list[Path]:
+    """Delete the files in ``out`` matching ``patterns`` (globs relative to ``out``: a
+    command's known outputs), then the sub-folders this left empty; return what was removed.
+
+    Patterns that are absolute or contain ``..`` are ignored, and so is anything that is
+    not inside ``out``: only a command's own outputs go, never unrelated files.
+    """
+    out = Path(out)
+    if not out.is_dir():
+        return []
+    root = out.resolve()
+    removed: list[Path] = []
+    for pattern in patterns:
+        if not pattern or os.path.isabs(pattern) or ".." in Path(pattern).parts:
+            continue
+        for p in sorted(out.glob(pattern)):
+            if p.is_dir() and not p.is_symlink():
+                continue
+            if root not in p.parent.resolve().parents and p.parent.resolve() != root:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p)
+    for d in sorted({q for p in removed for q in p.parents if q != out and out in q.parents}, key=lambda q: -len(q.parts)):
+        with contextlib.suppress(OSError):  # not empty: it holds files that are not ours
+            d.rmdir()
+    return removed
+
+
+def prepare_out_dir(
+    out: str | os.PathLike,
+    force: bool,
+    outputs: Iterable[str] = (),
+    error: type[Exception] = OutDirError,
+) -> Path:
+    """Create ``out``; refuse a non-empty folder unless ``force``, which first removes the
+    earlier ``outputs`` (see :func:`remove_outputs`) so old and new results never mix."""
+    out = check_out_dir(out, force, error)
+    if force:
+        remove_outputs(out, outputs)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def literal(name: str) -> str:
+    """``name`` as a glob pattern that matches only itself (for file lists such as a manifest)."""
+    return glob.escape(name)
