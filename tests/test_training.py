@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from synth.training.checkpoint import load_checkpoint, load_generator
+from synth.training.cli import train
 from synth.training.loss import lazy_correction
 from synth.training.presets import resolve_preset
 from synth.training.training_loop import LATEST, Trainer, TrainingDiverged, TrainingOptions
@@ -251,3 +252,58 @@ def test_time_limit_stops_at_a_tick_with_a_snapshot_and_resume_continues(small_d
     more.resume(tmp_path / "run")
     more.train()
     assert more.cur_nimg == 16
+
+
+def test_cli_stores_absolute_data_and_resumes_from_another_directory(small_dataset, tmp_path, monkeypatch):
+    monkeypatch.chdir(small_dataset.parent)
+    r = _invoke(["--data", small_dataset.name, "--out", str(tmp_path / "runs"), *TINY_CLI, "--kimg", "0.008"])
+    assert r.exit_code == 0, r.output
+    run = next((tmp_path / "runs").iterdir())
+    assert json.loads((run / "options.json").read_text())["data"] == str(small_dataset.resolve())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    r = _invoke(["--resume", str(run), "--kimg", "0.016", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "kimg 0.016" in r.output
+
+
+def test_cli_failed_start_leaves_no_run_folder(small_dataset, tmp_path, monkeypatch):
+    from synth.training.training_loop import TrainingError
+
+    out = tmp_path / "runs"
+
+    def fail(self):
+        assert (out / "00000-ds-disease-age-cpu-16" / "options.json").is_file()  # the folder was started
+        raise TrainingError("boom")
+
+    monkeypatch.setattr(Trainer, "step", fail)
+    r = CliRunner().invoke(train, ["--data", str(small_dataset), "--out", str(out), *TINY_CLI, "--kimg", "0.008"],
+                           catch_exceptions=False)
+    assert r.exit_code != 0 and "boom" in r.output
+    assert not any(out.iterdir())
+    # a corrupt first image is refused by name before anything is written
+    sorted((small_dataset / "img").iterdir())[0].write_bytes(b"not a png")
+    r = CliRunner().invoke(train, ["--data", str(small_dataset), "--out", str(out), *TINY_CLI, "--kimg", "0.008"],
+                           catch_exceptions=False)
+    assert r.exit_code != 0 and "corrupt image" in r.output and not any(out.iterdir())
+
+
+def test_cli_warns_about_empty_cells_and_upsampling(tmp_path):
+    from tests.helpers import grid_rows, write_tiny_dataset
+
+    rows = [r for r in grid_rows(["syndrome_a", "unaffected"], ["infant", "child"], per_cell=2)
+            if not (r["disease"] == "syndrome_a" and r["age"] == "child")]
+    schema = "factors:\n- {name: disease, levels: [syndrome_a, unaffected], embed_dim: 8, control: unaffected}\n" \
+             "- {name: age, levels: [infant, child], embed_dim: 8}\n"
+    ds = write_tiny_dataset(tmp_path / "ds", rows, schema=schema, size=8)
+    r = CliRunner().invoke(train, ["--data", str(ds), "--out", str(tmp_path / "runs"), *TINY_CLI, "--dry-run"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(train, ["--data", str(ds), "--out", str(tmp_path / "runs"), *TINY_CLI, "--kimg", "0.004"])
+    assert "1 condition cell(s) have no training images (syndrome_a/child)" in r.output
+    assert "--resolution 16 is above the data's 8x8 px" in r.output
+
+
+def test_cli_tick_error_names_the_option(small_dataset, tmp_path):
+    r = CliRunner().invoke(train, ["--data", str(small_dataset), "--out", str(tmp_path / "r"), *TINY_CLI, "--tick", "-1"])
+    assert r.exit_code != 0 and "--tick:" in r.output and "--tick-kimg" not in r.output

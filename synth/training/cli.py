@@ -64,7 +64,8 @@ def resolve_options(params: dict, given: set[str], imageset=None):
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     o = TrainingOptions(
-        data=str(params["data"]) if params["data"] is not None else None,
+        # absolute, so `--resume` works from any working directory
+        data=str(Path(params["data"]).resolve()) if params["data"] is not None else None,
         cond=[c.strip() for c in params["cond"].split(",") if c.strip()],
         ties=list(params["tie"]),
         resolution=res,
@@ -162,7 +163,8 @@ def _check_resume_overrides(stored, params: dict, given: set[str], fresh) -> Non
 @click.option("--preset", type=click.Choice(PRESETS), default=None,
               help="Architecture/optimisation preset. Default: cpu on --device cpu, auto otherwise.")
 @click.option("--resolution", type=int, default=None, help="Training resolution (power of two). Default: cpu preset 32, else the data's.")
-@click.option("--kimg", type=float, default=None, help="Train until this many thousand real images were shown.")
+@click.option("--kimg", type=float, default=None,
+              help="Train until this many thousand real images were shown. Default: the preset's (cpu 200, others 25000).")
 @click.option("--batch", type=int, default=None, help="Total batch size (over all processes).")
 @click.option("--gamma", type=float, default=None, help="R1 regularisation weight.")
 @click.option("--lr", type=float, default=None, help="Adam learning rate of G and D.")
@@ -273,7 +275,7 @@ def train(ctx: click.Context, **params) -> None:
             if given & {"compile", "threads", "judge", "metrics_every", "judge_per_cell", "time_limit"}:
                 _apply_runtime(opts, params)
             if "data" in given:
-                opts.data = str(params["data"])
+                opts.data = str(Path(params["data"]).resolve())
             opts.progress = not params["no_progress"]
             run_dir = snap.parent
             if opts.data is not None and not Path(opts.data).exists():
@@ -298,7 +300,11 @@ def train(ctx: click.Context, **params) -> None:
         return
 
     rank = int(os.environ.get("RANK", 0))
+    fresh_run = not true_resume and not run_dir.exists()
+    trainer = None
     try:
+        if rank == 0 and imageset is not None:
+            _warn_about_data(imageset, opts)
         trainer = Trainer(opts, run_dir, imageset=imageset, log=click.echo)
         if true_resume:
             trainer.resume(snap, ck)
@@ -315,13 +321,40 @@ def train(ctx: click.Context, **params) -> None:
                 trainer.log(f"run folder {run_dir}")
         trainer.train()
     except KeyboardInterrupt:
+        if _drop_unfinished(run_dir, fresh_run, trainer, rank):
+            raise click.ClickException("interrupted before the first snapshot; nothing was kept") from None
         raise click.ClickException(f"interrupted; continue with: synth train --resume {run_dir}") from None
     except TrainingDiverged as e:
         raise click.ClickException(str(e)) from None
     except (TrainingError, CheckpointError, DatasetError, ConditionError) as e:
+        _drop_unfinished(run_dir, fresh_run, trainer, rank)
         raise click.ClickException(str(e).splitlines()[0]) from None
     if rank == 0:
         click.echo(f"done: {trainer.cur_nimg / 1000:.3f} kimg, last snapshot {trainer.last_snapshot}")
+
+
+def _drop_unfinished(run_dir: Path, fresh_run: bool, trainer, rank: int) -> bool:
+    """Remove a new run folder that holds no snapshot yet, so a failed start leaves no debris."""
+    import shutil
+
+    if rank != 0 or not fresh_run or not run_dir.is_dir():
+        return False
+    if trainer is not None and trainer.last_snapshot is not None:
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return True
+
+
+def _warn_about_data(imageset, opts) -> None:
+    """One warning line for each thing about the data that a user would want to know first."""
+    empty = [c for c, n in imageset.cell_counts(opts.cond or None).items() if n == 0]
+    if empty:
+        shown = ", ".join("/".join(c) for c in empty[:5]) + (" ..." if len(empty) > 5 else "")
+        click.echo(f"warning: {len(empty)} condition cell(s) have no training images ({shown}); "
+                   f"the generator can only guess them", err=True)
+    w, h = imageset.load_image(0).size
+    if min(w, h) < opts.resolution:
+        click.echo(f"warning: --resolution {opts.resolution} is above the data's {w}x{h} px: images are upsampled", err=True)
 
 
 def main() -> None:  # ``python -m synth.training.cli``

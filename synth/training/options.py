@@ -107,8 +107,11 @@ class TrainingOptions:
         return cls(**d)
 
     def validate(self) -> None:
+        # fields whose command-line option has another name
+        cli = {"tick_kimg": "tick", "lecam_weight": "lecam", "snap": "snap"}
+
         def bad(opt: str, msg: str):
-            raise TrainingError(f"--{opt.replace('_', '-')}: {msg}")
+            raise TrainingError(f"--{cli.get(opt, opt).replace('_', '-')}: {msg}")
 
         if self.resolution < 4 or self.resolution & (self.resolution - 1):
             bad("resolution", f"{self.resolution} must be a power of two >= 4")
