@@ -3,7 +3,8 @@
 Every command writes into ``--out DIR``: ``options.json`` (the exact options), metrics as
 JSON/CSV, figures, and model checkpoints where it trains.  Errors in the input are reported
 in one line with a non-zero exit status; nothing is half-written.  ``train`` and ``cv``
-refuse a non-empty ``--out`` unless ``--force``, which first removes their earlier results.
+refuse a non-empty ``--out`` unless ``--force``, which first removes their earlier results;
+both check every input first, so a failed run leaves ``--out`` as it was.
 """
 from __future__ import annotations
 
@@ -82,6 +83,14 @@ TRAIN_CV_OUTPUTS = (
 )
 
 
+def _check_out(out: Path, force: bool) -> Path:
+    """Refuse a non-empty --out without --force; changes nothing (see :func:`_prepare_out`)."""
+    from classifiers.data import ClassifierDataError
+    from synth.utils.io import check_out_dir
+
+    return check_out_dir(out, force, error=ClassifierDataError)
+
+
 def _prepare_out(out: Path, force: bool) -> Path:
     """Refuse a non-empty --out without --force; with it, remove earlier train/cv results."""
     from classifiers.data import ClassifierDataError
@@ -100,13 +109,32 @@ def _set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def _existing_dir_or_zip(ctx, param, value):
-    if value is None:
-        return value
-    p = Path(value)
-    if not p.exists():
-        raise click.BadParameter(f"{p} does not exist")
-    return p
+def _existing(kind: str | None = None):
+    """Callback: the path must exist (``kind`` "file" or "folder": and be one).
+
+    A missing or wrong path is a problem with a file the options name, so it is a one-line
+    ``Error: --opt PATH: ...`` with exit status 1 (click's own ``exists=True`` would make it
+    a usage error, status 2); see the exit-status rule in docs/cli.md."""
+
+    def check(ctx, param, value):
+        if value is None:
+            return value
+        opt = param.opts[0] if getattr(param, "opts", None) else param.name.upper()
+        p = Path(value)
+        if not p.exists():
+            raise click.ClickException(f"{opt} {p}: not found")
+        if kind == "file" and p.is_dir():
+            raise click.ClickException(f"{opt} {p}: is a folder, expected a file")
+        if kind == "folder" and not p.is_dir():
+            raise click.ClickException(f"{opt} {p}: is not a folder")
+        return p
+
+    return check
+
+
+_existing_dir_or_zip = _existing()
+_existing_file = _existing("file")
+_existing_folder = _existing("folder")
 
 
 def _pretrained_value(pretrained: str | None, no_pretrained: bool) -> bool | str:
@@ -127,12 +155,13 @@ def training_options(fn: Callable) -> Callable:
         click.option("--model", default="efficientnet_b4", show_default=True,
                      help="Any timm model name; small_cnn (or small_cnn_s) trains well from scratch on a CPU."),
         click.option("--size", default=448, show_default=True, type=int, help="Square input size in pixels."),
-        click.option("--epochs", default=30, show_default=True, type=int),
-        click.option("--batch", default=64, show_default=True, type=int),
+        click.option("--epochs", default=30, show_default=True, type=int, help="Training epochs (per fold in cv)."),
+        click.option("--batch", default=64, show_default=True, type=int, help="Images per training step."),
         click.option("--lr", default=None, type=float,
                      help="Peak learning rate after warm-up [default: 3e-5 with --pretrained (the study), 1e-3 from random init]."),
-        click.option("--weight-decay", default=0.0, show_default=True, type=float),
-        click.option("--optimizer", type=click.Choice(["adam", "adamw"]), default="adam", show_default=True),
+        click.option("--weight-decay", default=0.0, show_default=True, type=float, help="Optimiser weight decay."),
+        click.option("--optimizer", type=click.Choice(["adam", "adamw"]), default="adam", show_default=True,
+                     help="adam (the study) or adamw (decoupled weight decay)."),
         click.option("--warmup", default=1.0, show_default=True, type=float, help="Warm-up length in epochs, then cosine decay."),
         click.option("--patience", default=0, show_default=True, type=int,
                      help="Stop after this many epochs without a better validation balanced accuracy (0: never)."),
@@ -150,7 +179,8 @@ def training_options(fn: Callable) -> Callable:
                      help="Start from ImageNet weights: bare --pretrained = timm's default weights from the local cache "
                           "(nothing is downloaded); or a .safetensors/.pth file. Default: random initialisation."),
         click.option("--no-pretrained", is_flag=True, help="Random initialisation (the default; overrides --pretrained)."),
-        click.option("--seed", default=0, show_default=True, type=int),
+        click.option("--seed", default=0, show_default=True, type=int,
+                     help="Seed of initialisation, augmentation and batch order (fold k of cv uses seed + k)."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ..."),
         click.option("--workers", default=0, show_default=True, type=int, help="DataLoader worker processes."),
         click.option("--threads", default=None, type=int, help="torch CPU threads (default: torch's choice)."),
@@ -176,14 +206,34 @@ def _train_config(o: dict):
     )
 
 
-def _preflight(cfg) -> None:
-    """Cheap checks that must fail before any image is decoded."""
-    from classifiers.models import check_model_name, resolve_pretrained
+CPU_RECIPE = "--model small_cnn --size 32 --epochs 15 --batch 32 --lr 0.003 --optimizer adamw --weight-decay 0.01"
+
+
+def _preflight(cfg, ctx: click.Context | None = None) -> None:
+    """Cheap checks that must fail before any image is decoded.
+
+    An unknown --model is a bad option value (usage error, exit 2).  With ``ctx``: when the
+    run would use the CPU and none of --model, --size, --epochs was given, warn (one line on
+    stderr) that the study's defaults take hours there, naming the measured CPU recipe."""
+    from classifiers.models import ModelError, check_model_name, resolve_pretrained
     from classifiers.train import resolve_device
 
-    check_model_name(cfg.model)
+    try:
+        check_model_name(cfg.model)
+    except ModelError as e:
+        raise click.UsageError(str(e).splitlines()[0]) from None
     resolve_pretrained(cfg.model, cfg.pretrained)
-    resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
+    if ctx is not None and device.type == "cpu" and not _given(ctx, "model", "size", "epochs"):
+        click.echo(f"warning: training on the CPU: the defaults ({cfg.model}, {cfg.size} px, {cfg.epochs} epochs) take "
+                   f"hours there; the CPU recipe is {CPU_RECIPE}", err=True)
+
+
+def _given(ctx: click.Context, *names: str) -> bool:
+    """Whether any of the options ``names`` was set by the user (command line or environment)."""
+    from click.core import ParameterSource
+
+    return any(ctx.get_parameter_source(n) not in (None, ParameterSource.DEFAULT) for n in names)
 
 
 def _fmt(v) -> str:
@@ -220,12 +270,13 @@ def classify() -> None:
 
 @classify.command("train")
 @training_options
-@click.option("--val-data", type=click.Path(exists=True, path_type=Path), default=None,
+@click.option("--val-data", type=click.Path(path_type=Path), callback=_existing_dir_or_zip, default=None,
               help="Separate validation set (best epoch chosen on it).")
 @click.option("--val-fold", type=int, default=None, help="Validate on this fold of --data (see --folds-csv / --folds).")
-@click.option("--folds-csv", type=click.Path(exists=True, path_type=Path), default=None, help="folds.csv (file,fold) for --val-fold.")
+@click.option("--folds-csv", type=click.Path(path_type=Path), callback=_existing_file, default=None,
+              help="folds.csv (file,fold) for --val-fold.")
 @click.option("--folds", "k", default=5, show_default=True, type=int, help="Fold count when --val-fold makes folds.")
-@click.option("--fold-seed", default=0, show_default=True, type=int)
+@click.option("--fold-seed", default=0, show_default=True, type=int, help="Seed of the folds --val-fold makes.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 @click.option("--force", is_flag=True, help=_FORCE_HELP)
 @friendly
@@ -241,11 +292,12 @@ def train_cmd(**o) -> None:
 
     _set_threads(o["threads"])
     cfg = _train_config(o)
-    _preflight(cfg)
     if o["val_data"] is not None and o["val_fold"] is not None:
         raise click.UsageError("give either --val-data or --val-fold, not both")
     if o["folds_csv"] is not None and o["val_fold"] is None:
         raise click.UsageError("--folds-csv needs --val-fold")
+    _preflight(cfg, click.get_current_context())
+    _check_out(o["out"], o["force"])  # refuse before any slow work; nothing is written until all checks pass
     aux = [parse_aux(a) for a in o["aux"]]
     imageset = open_dataset(o["data"])
     target, aux_sets = prepare_target(imageset, o["target"], aux)
@@ -258,8 +310,6 @@ def train_cmd(**o) -> None:
             raise click.UsageError(f"--val-fold {o['val_fold']}: folds are 0..{folds.max()}")
         train_set = imageset.subset(np.flatnonzero(folds != o["val_fold"]))
         val_set = imageset.subset(np.flatnonzero(folds == o["val_fold"]))
-    out = _prepare_out(o["out"], o["force"])
-    _write_options(out, "train", o)
 
     train = encode_images(train_set, target, cfg.size, o["own_weight"], progress=cfg.progress)
     aux_data = [encode_images(ds, target, cfg.size, a.weight, f, source=f"aux:{Path(a.path).name}") for ds, a, f in aux_sets]
@@ -271,6 +321,8 @@ def train_cmd(**o) -> None:
         raise click.ClickException(f"--target {o['target']}: the images carry only {target.num_classes} class; need at least 2")
     check_fold_classes(target.class_names, {0: train_all.targets}, train_all.targets.sum(0))
     cw = parse_class_weight(cfg.class_weight, target.class_names, train_all.targets)
+    out = _prepare_out(o["out"], o["force"])  # the first write: every input has been checked
+    _write_options(out, "train", o)
     res = train_classifier(
         train_all, val, target, cfg, out_dir=out, class_weight=cw,
         meta_extra={"condition_space": imageset.space.to_dict(), "data": str(o["data"])},
@@ -291,9 +343,10 @@ def train_cmd(**o) -> None:
 @classify.command("cv")
 @training_options
 @click.option("--folds", "k", default=5, show_default=True, type=int, help="Number of folds (grouped by subject, stratified by cell).")
-@click.option("--folds-csv", type=click.Path(exists=True, path_type=Path), default=None, help="Use this folds.csv instead of making folds.")
-@click.option("--fold-seed", default=0, show_default=True, type=int)
-@click.option("--extra", type=click.Path(exists=True, path_type=Path), default=None,
+@click.option("--folds-csv", type=click.Path(path_type=Path), callback=_existing_file, default=None,
+              help="Use this folds.csv instead of making folds.")
+@click.option("--fold-seed", default=0, show_default=True, type=int, help="Seed of the grouped, stratified folds.")
+@click.option("--extra", type=click.Path(path_type=Path), callback=_existing_dir_or_zip, default=None,
               help="Extra (synthetic) labelled images added to training folds only; rows with a 'fold' column skip that fold.")
 @click.option("--extra-weight", default=1.0, show_default=True, type=float, help="Per-image loss weight of --extra images.")
 @click.option("--cells", "cell_factors", default=None, help="Factors of the per-cell accuracy table (default: all).")
@@ -311,7 +364,8 @@ def cv_cmd(**o) -> None:
 
     _set_threads(o["threads"])
     cfg = _train_config(o)
-    _preflight(cfg)
+    _preflight(cfg, click.get_current_context())
+    _check_out(o["out"], o["force"])  # refuse before any slow work
     aux = [parse_aux(a) for a in o["aux"]]
     imageset = open_dataset(o["data"])
     extra = open_dataset(o["extra"]) if o["extra"] is not None else None
@@ -323,9 +377,13 @@ def cv_cmd(**o) -> None:
         train=cfg, target=o["target"], k=o["k"], fold_seed=o["fold_seed"], cell_factors=cells, aux=aux,
         own_weight=o["own_weight"], extra_weight=o["extra_weight"], tta=o["tta"], drop_empty=not o["keep_empty"],
     )
-    out = _prepare_out(o["out"], o["force"])
-    _write_options(out, "cv", o)
-    res = run_cv(imageset, cvc, folds=o["folds_csv"], out_dir=out, extra_train=extra)
+    out: Path = o["out"]
+
+    def start() -> None:  # run_cv calls it once folds, classes and images have passed every check
+        _prepare_out(out, o["force"])
+        _write_options(out, "cv", o)
+
+    res = run_cv(imageset, cvc, folds=o["folds_csv"], out_dir=out, extra_train=extra, before_write=start)
     k = len(res.fold_metrics)
     click.echo(f"classes: {', '.join(res.class_names)}; {len(res.folds)} images in {k} folds")
     for name in ("accuracy", "balanced_accuracy", "macro_f1"):
@@ -361,10 +419,11 @@ def _eval_targets(imageset, meta):
 @click.option("--tta", type=click.Choice(["none", "flip", "dihedral"]), default="none", show_default=True,
               help="flip: average with the horizontal mirror (faces); dihedral: 8 flips/rotations (skin, patches).")
 @click.option("--cells", "cell_factors", default=None, help="Factors of the per-cell accuracy table (default: all).")
-@click.option("--batch", default=64, show_default=True, type=int)
-@click.option("--device", default="auto", show_default=True)
-@click.option("--threads", default=None, type=int)
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--batch", default=64, show_default=True, type=int, help="Images per forward pass.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
+@click.option("--threads", default=None, type=int, help="torch CPU threads (default: torch's choice).")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder: predictions.csv, evaluate.json, metrics and confusion matrix.")
 @friendly
 def evaluate_cmd(**o) -> None:
     """Gated ensemble predictions (CSV) and metrics on a labelled image set."""
@@ -383,9 +442,12 @@ def evaluate_cmd(**o) -> None:
     ens = Ensemble.load(list(o["models"]), device)
     imageset = open_dataset(o["data"])
     targets, target = _eval_targets(imageset, ens.metas[0])
+    cell_factors = [s.strip() for s in o["cell_factors"].split(",")] if o["cell_factors"] else list(imageset.space.names)
+    for c in cell_factors:
+        imageset.space.factor(c)  # an unknown --cells factor fails before anything is written
     out: Path = o["out"]
-    _write_options(out, "evaluate", o)
     res = ens.predict(_load_images_for(imageset, ens.sizes), gate=o["gate"], tta=o["tta"], batch=o["batch"])
+    _write_options(out, "evaluate", o)  # after the images loaded: a corrupt one leaves no output
     names = ens.class_names
     pred = res.probs.argmax(1)
     buf = io.StringIO()
@@ -401,7 +463,6 @@ def evaluate_cmd(**o) -> None:
             "gate_fallback_count": res.n_fallback}
     click.echo(f"{len(ens.models)} model(s), {len(imageset)} images; no model passed the gate for {res.n_fallback} image(s)")
     if targets is not None:
-        cell_factors = [s.strip() for s in o["cell_factors"].split(",")] if o["cell_factors"] else list(imageset.space.names)
         m = metrics.evaluate(
             res.probs, targets, names, cells=[imageset.cell_of(i, cell_factors) for i in range(len(imageset))],
             cell_names=cell_factors, cell_order=imageset.space.cells(cell_factors),
@@ -428,9 +489,10 @@ def evaluate_cmd(**o) -> None:
               help="Factors whose cells get composite (mean) maps, e.g. disease,age (default: all).")
 @click.option("--limit", default=None, type=int, help="Explain only the first N images.")
 @click.option("--no-overlays", is_flag=True, help="Skip the per-image overlay PNGs.")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--threads", default=None, type=int)
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
+@click.option("--threads", default=None, type=int, help="torch CPU threads (default: torch's choice).")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder: maps.npz, composites.png and overlays/.")
 @friendly
 def saliency_cmd(**o) -> None:
     """Saliency maps toward the true label, averaged over the ensemble, with group composites."""
@@ -460,7 +522,6 @@ def saliency_cmd(**o) -> None:
     for g in group_factors:
         imageset.space.factor(g)
     out: Path = o["out"]
-    _write_options(out, "saliency", o)
     raw = _load_images_for(imageset, [size])[size]
     x = normalise(raw, mean, std).to(device)
     y = targets.argmax(1)
@@ -478,6 +539,7 @@ def saliency_cmd(**o) -> None:
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, **arrays)
 
+    _write_options(out, "saliency", o)  # the first write: images loaded, maps computed
     atomic_save(out / "maps.npz", _save)
     if not o["no_overlays"]:
         imgs = raw.permute(0, 2, 3, 1).numpy()
@@ -488,7 +550,7 @@ def saliency_cmd(**o) -> None:
 
 
 @classify.command("permutation-test")
-@click.option("--saliency", "saliency_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+@click.option("--saliency", "saliency_dir", required=True, type=click.Path(path_type=Path), callback=_existing_folder, metavar="DIRECTORY",
               help="Output folder of `synth classify saliency` (maps.npz).")
 @click.option("--group", "group_factor", default="age", show_default=True, help="Factor whose levels are compared pairwise.")
 @click.option("--within", "within_factor", default="disease", show_default=True,
@@ -496,12 +558,14 @@ def saliency_cmd(**o) -> None:
 @click.option("--n-perm", default=1000, show_default=True, type=int, help="Permutations per pair (study: 100-1000).")
 @click.option("--embedder", type=click.Choice(["backbone", "random"]), default="backbone", show_default=True,
               help="backbone: timm network features (the study: ImageNet EfficientNet-B4); random: fixed random projection.")
-@click.option("--embed-model", default="efficientnet_b4", show_default=True)
-@click.option("--embed-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+@click.option("--embed-model", default="efficientnet_b4", show_default=True,
+              help="timm backbone that embeds the maps for --embedder backbone.")
+@click.option("--embed-weights", type=click.Path(path_type=Path), callback=_existing_file, default=None, metavar="FILE",
               help="Local weights for --embed-model (without them the backbone keeps a seeded random init).")
 @click.option("--min-maps", default=2, show_default=True, type=int, help="Skip groups with fewer maps.")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the permutations and of a random embedder.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder: permutation_tests.json and p-value matrices.")
 @friendly
 def permutation_test_cmd(**o) -> None:
     """Pairwise permutation tests between groups of saliency maps (e.g. age groups of one disease)."""
@@ -527,11 +591,11 @@ def permutation_test_cmd(**o) -> None:
     if within and f"factor_{within}" not in data:
         raise click.ClickException(f"--within {within}: not a factor of the maps")
     out: Path = o["out"]
-    _write_options(out, "permutation-test", o)
     if o["embedder"] == "random":
         embed = attribution.random_projection_embedder(maps.shape[1:], seed=o["seed"])
     else:
         embed = attribution.backbone_embedder(o["embed_model"], pretrained=o["embed_weights"] or False, seed=o["seed"])
+    _write_options(out, "permutation-test", o)  # after the embedder (model, weights) loaded
     levels_within = list(dict.fromkeys(data[f"factor_{within}"].tolist())) if within else [""]
     report = {}
     for lv in levels_within:
@@ -557,14 +621,17 @@ def permutation_test_cmd(**o) -> None:
 @training_options
 @click.option("--patch", default=64, show_default=True, type=int, help="Patch side in pixels (non-overlapping tiles).")
 @click.option("--resolution", default=None, type=int, help="Resize images to this square size before cutting (default: native).")
-@click.option("--val-data", type=click.Path(exists=True, path_type=Path), default=None, help="Separate validation images.")
+@click.option("--val-data", type=click.Path(path_type=Path), callback=_existing_dir_or_zip, default=None,
+              help="Separate validation images.")
 @click.option("--val-fold", type=int, default=None, help="Validate on this fold of --data.")
-@click.option("--folds-csv", type=click.Path(exists=True, path_type=Path), default=None)
-@click.option("--folds", "k", default=5, show_default=True, type=int)
-@click.option("--fold-seed", default=0, show_default=True, type=int)
+@click.option("--folds-csv", type=click.Path(path_type=Path), callback=_existing_file, default=None,
+              help="folds.csv (file,fold) for --val-fold.")
+@click.option("--folds", "k", default=5, show_default=True, type=int, help="Fold count when --val-fold makes folds.")
+@click.option("--fold-seed", default=0, show_default=True, type=int, help="Seed of the folds --val-fold makes.")
 @click.option("--map-class", default=None, help="Class drawn in the probability maps (default: the control level or the first class).")
 @click.option("--maps", "n_maps", default=8, show_default=True, type=int, help="Probability maps for the first N validation images.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder: model, patch_/image_ metrics, image_predictions.csv, maps/.")
 @click.pass_context
 @friendly
 def patches_cmd(ctx, **o) -> None:
@@ -611,7 +678,6 @@ def patches_cmd(ctx, **o) -> None:
         train_set = imageset.subset(np.flatnonzero(folds != o["val_fold"]))
         val_set = imageset.subset(np.flatnonzero(folds == o["val_fold"]))
     out: Path = o["out"]
-    _write_options(out, "patches", o)
     tr = patch_set(train_set, target, o["patch"], o["own_weight"], o["resolution"])
     va = patch_set(val_set, target, o["patch"], 1.0, o["resolution"]) if val_set is not None else None
     target, parts = drop_empty_classes(target, [tr.data, va.data if va else None])
@@ -622,6 +688,14 @@ def patches_cmd(ctx, **o) -> None:
         raise click.ClickException(f"--target {o['target']}: the images carry only {target.num_classes} class; need at least 2")
     check_fold_classes(target.class_names, {0: tr.data.targets}, tr.data.targets.sum(0))
     cw = parse_class_weight(cfg.class_weight, target.class_names, tr.data.targets)
+    names = list(target.class_names)
+    map_class = o["map_class"]
+    if map_class is None:
+        f0 = imageset.space.factor(target.factors[0])
+        map_class = f0.control if len(target.factors) == 1 and f0.control in names else names[0]
+    if map_class not in names:  # checked before training: a class the data does not have
+        raise click.ClickException(f"--map-class {map_class!r}: not a class ({', '.join(names)})")
+    _write_options(out, "patches", o)  # the first write: every input has been checked
     res = train_classifier(tr.data, va.data if va else None, target, cfg, out_dir=out, class_weight=cw,
                            meta_extra={"condition_space": imageset.space.to_dict(), "patch": o["patch"],
                                        "resolution": o["resolution"], "mode": "patches"})
@@ -631,7 +705,6 @@ def patches_cmd(ctx, **o) -> None:
     norm = res.meta["normalisation"]
     probs = predict_probs(res.model, va.data.images, norm["mean"], norm["std"], cfg.eval_batch,
                           next(res.model.parameters()).device, tta="dihedral")
-    names = list(target.class_names)
     pm = metrics.evaluate(probs, va.data.targets, names)
     metrics.write_report(out, pm, names, prefix="patch_")
     img_cls, frac, mean = diagnose_images(probs, va.owner, len(val_set))
@@ -646,12 +719,6 @@ def patches_cmd(ctx, **o) -> None:
         w.writerow([rec.file, names[int(img_targets[i].argmax())], names[img_cls[i]], f"{frac[i]:.4f}",
                     int((va.owner == i).sum()), *[f"{p:.6f}" for p in mean[i]]])
     atomic_write_text(out / "image_predictions.csv", buf.getvalue())
-    map_class = o["map_class"]
-    if map_class is None:
-        f0 = imageset.space.factor(target.factors[0])
-        map_class = f0.control if len(target.factors) == 1 and f0.control in names else names[0]
-    if map_class not in names:
-        raise click.BadParameter(f"{map_class!r} is not a class ({', '.join(names)})", param_hint="--map-class")
     c = names.index(map_class)
     for i in range(min(o["n_maps"], len(val_set))):
         rows, cols = va.grids[i]

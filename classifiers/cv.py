@@ -17,7 +17,7 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -208,6 +208,7 @@ def run_cv(
     out_dir: str | Path | None = None,
     extra_train=None,
     keep_models: bool = False,
+    before_write: Callable[[], None] | None = None,
 ) -> CVResult:
     """Cross-validate ``config.train`` on ``imageset``; see the module doc.
 
@@ -215,7 +216,9 @@ def run_cv(
     ``config.fold_seed``).  ``extra_train``: an ImageSet added to every fold's training
     images (rows with a ``fold`` column skip the fold they belong to), a list with one
     ImageSet per fold, or ``{fold: ImageSet}``.  With ``out_dir`` every fold's model, log
-    and metrics, the out-of-fold predictions, ``folds.csv`` and the summary are written.
+    and metrics, the out-of-fold predictions, ``folds.csv`` and the summary are written;
+    ``before_write`` is called once every check has passed, just before the first write (the
+    CLI prepares ``out_dir`` there, so a run that fails its checks leaves nothing behind).
     """
     from classifiers import metrics
     from synth.data.folds import write_folds
@@ -257,17 +260,22 @@ def run_cv(
     total = own.targets.sum(0) + sum((a.targets.sum(0) for a in aux_data), np.zeros(target.num_classes))
     check_fold_classes(target.class_names, {f: d.targets for f, d in fold_train.items()}, total)
 
+    class_weight_global = None
+    if tc.class_weight == "auto":
+        # Same weights for every fold, from all training data, so folds stay comparable.
+        class_weight_global = parse_class_weight("auto", target.class_names, np.concatenate([own.targets] + [a.targets for a in aux_data]))
+    elif tc.class_weight is not None:
+        parse_class_weight(tc.class_weight, target.class_names, own.targets)  # a bad NAME=W fails before any write
+
     out = Path(out_dir) if out_dir is not None else None
+    if before_write is not None:
+        before_write()
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         write_folds(out / "folds.csv", imageset, fold_arr)
     cells = [imageset.cell_of(i, cell_factors) for i in range(len(imageset))]
     cell_order = imageset.space.cells(cell_factors)
     ordinal = len(target.factors) == 1 and imageset.space.factor(target.factors[0]).ordinal
-    class_weight_global = None
-    if tc.class_weight == "auto":
-        # Same weights for every fold, from all training data, so folds stay comparable.
-        class_weight_global = parse_class_weight("auto", target.class_names, np.concatenate([own.targets] + [a.targets for a in aux_data]))
 
     oof = np.zeros((len(imageset), target.num_classes), dtype=np.float32)
     fold_metrics, best_epochs, histories, ckpts, models = [], [], [], [], []

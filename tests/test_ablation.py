@@ -197,6 +197,9 @@ def test_ablation_folds_resume_and_report(tmp_path, data, network, monkeypatch):
     for name in ("report.md", "results.json", "per_arm.csv", "per_cell.csv", "gain.png"):
         assert (out / name).stat().st_size > 0
     results = json.loads((out / "results.json").read_text())
+    import hashlib
+
+    assert results["generator"]["network_sha256"] == hashlib.sha256(network.read_bytes()).hexdigest()
     st = results["cv"]["statistics"]["accuracy"]
     assert set(st["arms"]) == {"real", "unrelated", "age_progression"}
     cells = [json.loads((out / "cells" / f"fold{f}" / "real.json").read_text()) for f in range(2)]
@@ -265,3 +268,36 @@ def test_cli_bad_arguments_fail_in_one_line(tmp_path, data, network, args, messa
     lines = [ln for ln in r.output.strip().splitlines() if ln.startswith("Error")]
     assert len(lines) == 1 and message in lines[0], r.output
     assert not (tmp_path / "o" / "cells").exists()
+
+
+@pytest.mark.parametrize("earlier", [None, "empty", "results"])
+def test_failed_ablate_leaves_out_as_it_was(tmp_path, data, network, earlier):
+    """A classifier checkpoint as --network fails; before the fix it left plan.json behind
+    (and --force had already wiped the earlier results), so the corrected command was refused."""
+    import torch.nn as nn
+
+    from classifiers.checkpoint import save_classifier
+    from synth.ablation.cli import ablate
+    from synth.ablation.runner import check_out_dir
+
+    clf = save_classifier(tmp_path / "clf" / "model.safetensors", nn.Linear(4, 2), {"model": "small_cnn"})
+    out = tmp_path / "o"
+    if earlier is not None:
+        out.mkdir()
+    if earlier == "results":  # an earlier ablation with other settings; --force would replace it
+        (out / "plan.json").write_text('{"fingerprint": {"seed": 99}}')
+        (out / "cells" / "fold0").mkdir(parents=True)
+        (out / "cells" / "fold0" / "real.json").write_text("{}")
+    before = sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) if out.exists() else None
+    argv = ["--data", str(data), "--network", str(clf), "--out", str(out), "--folds", "2", "--types", "unrelated",
+            "--model", "test_efficientnet", "--size", "32", "--epochs", "1", "--no-progress"]
+    r = CliRunner().invoke(ablate, argv + (["--force"] if earlier == "results" else []), catch_exceptions=False)
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    lines = [ln for ln in r.output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and str(clf) in lines[0], r.output
+    if before is None:
+        assert not out.exists()
+    else:
+        assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == before
+    if earlier != "results":  # the corrected command would not be refused
+        assert check_out_dir(out, config(data, network, types=["unrelated"]), force=False) is False

@@ -231,7 +231,7 @@ def test_cli_aligns_reports_and_rewrites_labels(photo_dir, tmp_path):
     # a non-empty OUT_DIR needs --force; nothing is touched without it
     before = sorted(p.name for p in out.rglob("*"))
     res2 = CliRunner().invoke(align, args[:-3])
-    assert res2.exit_code == 2 and "--force" in res2.output
+    assert res2.exit_code == 1 and "--force" in res2.output
     assert sorted(p.name for p in out.rglob("*")) == before
     res3 = CliRunner().invoke(align, [*args, "--force", "--strict"])
     assert res3.exit_code == 1 and "--strict" in res3.output
@@ -251,20 +251,20 @@ def test_cli_input_errors(tmp_path):
     src.mkdir()
     runner = CliRunner()
     res = runner.invoke(align, [str(src), str(tmp_path / "o1")])
-    assert res.exit_code == 2 and "no images" in res.output
+    assert res.exit_code == 1 and "no images" in res.output
     Image.new("RGB", (8, 8)).save(src / "a.png")
     Image.new("RGB", (8, 8)).save(src / "a.jpg")
     res = runner.invoke(align, [str(src), str(tmp_path / "o2")])
-    assert res.exit_code == 2 and "both be written as a.png" in res.output
+    assert res.exit_code == 1 and "both be written as a.png" in res.output
     (src / "a.jpg").unlink()
     res = runner.invoke(align, [str(src), str(tmp_path / "o3"), "--landmarks", str(tmp_path / "no.dat")])
-    assert res.exit_code == 2 and "no.dat" in res.output and "not found" in res.output
+    assert res.exit_code == 1 and "no.dat" in res.output and "not found" in res.output
     (tmp_path / "junk.dat").write_bytes(b"not a shape predictor")
     res = runner.invoke(align, [str(src), str(tmp_path / "o4"), "--landmarks", str(tmp_path / "junk.dat")])
-    assert res.exit_code == 2 and "junk.dat" in res.output and "not a dlib shape predictor" in res.output
+    assert res.exit_code == 1 and "junk.dat" in res.output and "not a dlib shape predictor" in res.output
     (src / "labels.csv").write_text("name,disease\na.png,unaffected\n")
     res = runner.invoke(align, [str(src), str(tmp_path / "o5")])
-    assert res.exit_code == 2 and "labels.csv" in res.output and "'file'" in res.output
+    assert res.exit_code == 1 and "labels.csv" in res.output and "'file'" in res.output
     res = runner.invoke(align, [str(src), str(src), "--force"])
     assert res.exit_code == 2 and "differ" in res.output
     for o in ("o1", "o2", "o3", "o4", "o5"):

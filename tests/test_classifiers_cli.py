@@ -87,6 +87,7 @@ def test_unknown_model_name_lists_close_matches(runner, ds, tmp_path):
     args = [a if a != "test_efficientnet" else "efficientnet_b44" for a in FAST]
     r = invoke(runner, ["cv", "--data", ds, "--out", tmp_path / "o", *args])
     line = one_line_error(r)
+    assert r.exit_code == 2  # a bad option value: a usage error
     assert "unknown model 'efficientnet_b44'" in line and "efficientnet_b4" in line
     assert not (tmp_path / "o").exists()  # failed before writing anything
 
@@ -118,7 +119,8 @@ def test_missing_weights_file_and_missing_cache(runner, ds, tmp_path, monkeypatc
 
 def test_missing_data_dir_and_corrupt_checkpoint(runner, ds, tmp_path):
     r = invoke(runner, ["cv", "--data", tmp_path / "nowhere", "--out", tmp_path / "o", *FAST])
-    assert r.exit_code == 2 and "does not exist" in one_line_error(r)
+    # a missing file is a problem with the input, not with the command line: exit 1
+    assert r.exit_code == 1 and one_line_error(r) == f"Error: --data {tmp_path / 'nowhere'}: not found"
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "model.safetensors").write_bytes(b"not a safetensors file")
@@ -145,3 +147,59 @@ def test_patch_mode_majority_vote_and_maps(runner, tmp_path):
     assert len(list((out / "maps").glob("*.png"))) == 2
     r = invoke(runner, ["patches", "--data", data, "--patch", "32", "--size", "48", "--out", out, *no_size])
     assert "patch mode trains at the patch size" in one_line_error(r)
+    # a class the data lacks is refused before training, with nothing written
+    r = invoke(runner, ["patches", "--data", data, "--patch", "32", "--val-fold", "0", "--folds", "3",
+                        "--map-class", "syndrome_z", "--out", tmp_path / "p2", *no_size])
+    assert r.exit_code == 1 and "--map-class 'syndrome_z': not a class" in one_line_error(r)
+    assert not (tmp_path / "p2").exists()
+    r = invoke(runner, ["evaluate", "--models", out, "--data", data, "--cells", "height", "--out", tmp_path / "e"])
+    assert r.exit_code == 1 and "height" in one_line_error(r)
+    assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize("command", ["cv", "train"])
+@pytest.mark.parametrize("earlier", [None, "results"])
+def test_failed_run_leaves_out_as_it_was(runner, tmp_path, command, earlier):
+    """Data that fails the checks (one class only) is refused before the first write: no
+    options.json in a new --out, and --force has not yet removed the earlier results."""
+    data = write_tiny_dataset(tmp_path / "one", grid_rows(["syndrome_a"], ["infant", "child"], per_cell=3), size=32)
+    out = tmp_path / "o"
+    if earlier:
+        (out / "fold0").mkdir(parents=True)
+        (out / "options.json").write_text("{}")
+        (out / "fold0" / "model.safetensors").write_bytes(b"earlier model")
+    args = [command, "--data", data, "--out", out, *FAST, *(["--folds", "2"] if command == "cv" else [])]
+    r = invoke(runner, [*args, *(["--force"] if earlier else [])])
+    assert r.exit_code == 1 and "class" in one_line_error(r)
+    if earlier:
+        assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["fold0", "fold0/model.safetensors", "options.json"]
+        assert (out / "options.json").read_text() == "{}"
+    else:
+        assert not out.exists()
+
+
+def test_every_classify_option_has_help():
+    import click
+
+    from classifiers.cli import classify
+
+    missing = [f"{name} {p.opts[0]}" for name, cmd in classify.commands.items() for p in cmd.params
+               if isinstance(p, click.Option) and not (p.help or "").strip()]
+    assert not missing
+
+
+def test_cpu_defaults_warn_once_with_the_cpu_recipe(runner, ds, tmp_path):
+    from classifiers.cli import CPU_RECIPE
+
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "x.txt").write_text("mine")  # refused after the warning: nothing trains
+    r = invoke(runner, ["cv", "--data", ds, "--out", out, "--device", "cpu", "--no-progress"])
+    assert r.exit_code == 1 and "folder is not empty" in one_line_error(r)
+    warn = [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")]
+    assert len(warn) == 1 and "efficientnet_b4, 448 px, 30 epochs" in warn[0] and CPU_RECIPE in warn[0]
+    assert CPU_RECIPE == "--model small_cnn --size 32 --epochs 15 --batch 32 --lr 0.003 --optimizer adamw --weight-decay 0.01"
+    # any of --model/--size/--epochs given: the user chose, no warning
+    for extra in (["--model", "small_cnn"], ["--size", "32"], ["--epochs", "2"]):
+        r = invoke(runner, ["train", "--data", ds, "--out", out, "--device", "cpu", "--no-progress", *extra])
+        assert r.exit_code == 1 and "warning:" not in r.output

@@ -153,7 +153,7 @@ def test_all_criteria_train_log_and_resume_exactly(small_dataset, tmp_path):
 
 @pytest.mark.parametrize("kw, msg", [
     (dict(aux_weight=-1), "--aux-weight"),
-    (dict(lecam_weight=-0.1), "--lecam-weight"),
+    (dict(lecam_weight=-0.1), "--lecam:"),
     (dict(cond_start_kimg=1.0), "--cond-ramp"),
     (dict(cond_start_kimg=5.0, cond_end_kimg=2.0), "--cond-ramp"),
     (dict(metrics_every=2.0), "--metrics-every"),

@@ -52,6 +52,7 @@ def test_check_warns_on_non_rgb(tmp_path):
 def test_check_missing_dataset(tmp_path):
     r = run(tmp_path / "nowhere")
     assert r.exit_code == 2 and "dataset not found" in r.output
+    assert r.output.strip().splitlines() == [f"Error: {tmp_path / 'nowhere'}: dataset not found"]
 
 
 # ---- unusable datasets and file names ------------------------------------------------------

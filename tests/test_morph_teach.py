@@ -299,3 +299,73 @@ def test_cli_teach_default_subcommand(tmp_path, ckpts):
         assert next(csv.reader(f)) == ["number", "stage"]
     r = run(["teach", "make", "--network", ckpts / "skin.ckpt", "--per-cell", "0", "--out", tmp_path / "t2"])
     assert r.exit_code != 0 and "--per-cell" in r.output
+
+
+# ----------------------------------------------------------------------------------------
+# Which generator made an output: the default pick is printed, every output records it
+
+
+def _sha256(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+RECORDS = {  # command -> (extra arguments, JSON file, where in it the network record is)
+    "generate": (["--type", "unrelated", "--per-cell", "1"], "generation.json", ()),
+    "morph": (["--seeds", "0", "--steps", "2", "--no-video"], "morph.json", ()),
+    "mix": (["--rows", "0", "--cols", "1"], "mix.json", ()),
+    "teach": (["make", "--per-cell", "1", "--steps", "2"], "teach.json", ()),
+    "metrics": (["--metrics", "progression", "--kind", "skin", "--seeds", "0-1", "--steps", "2",
+                 "--feature-model", "test_resnet", "--feature-size", "32"], "metrics.json", ("settings",)),
+}
+
+
+def _invoke_synth(args):
+    from synth.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.mark.parametrize("command", sorted(RECORDS))
+def test_default_network_is_printed_and_every_output_records_network_and_hash(command, tmp_path, ckpts, monkeypatch):
+    from synth.training.checkpoint import save_checkpoint
+
+    # a barely trained run snapshot in the working directory wins the default pick
+    snap = tmp_path / "runs" / "00003-faces" / "network-snapshot-000000.100.ckpt"
+    snap.parent.mkdir(parents=True)
+    save_checkpoint(snap, {"G_ema": tiny_generator(SPACE, 5), "space": SPACE, "kimg": 0.1})
+    monkeypatch.chdir(tmp_path)
+    extra, name, where = RECORDS[command]
+    quiet = [] if command == "mix" else ["--quiet"]
+    r = _invoke_synth([command, *extra, "--out", tmp_path / "o", "--mean-w-samples", "8", *quiet])
+    assert r.exit_code == 0, r.output
+    rel = snap.relative_to(tmp_path)
+    assert f"--network not given: using {rel} (0.1 kimg)" in r.stderr.splitlines()
+    rec = json.loads((tmp_path / "o" / name).read_text())
+    for key in where:
+        rec = rec[key]
+    assert rec["network"] == str(rel) and rec["network_sha256"] == _sha256(snap)
+    assert rec["network_kimg"] == 0.1 and rec["network_default"] is True
+
+    # an explicit --network is recorded too, and nothing is printed about a pick
+    out = tmp_path / "explicit"
+    r = _invoke_synth([command, *extra, "--network", ckpts / "faces.ckpt", "--out", out, "--mean-w-samples", "8", *quiet])
+    assert r.exit_code == 0, r.output
+    assert "--network not given" not in r.output
+    rec = json.loads((out / name).read_text())
+    for key in where:
+        rec = rec[key]
+    assert rec["network"] == str(ckpts / "faces.ckpt") and rec["network_sha256"] == _sha256(ckpts / "faces.ckpt")
+    assert rec["network_kimg"] is None and rec["network_default"] is False
+    if command == "teach":
+        assert _sha256(ckpts / "faces.ckpt") in (out / "index.html").read_text()  # shown to the reader too
+    if command == "metrics":
+        assert _sha256(ckpts / "faces.ckpt") in (out / "metrics.md").read_text()
+
+
+def test_mix_help_offers_no_factor_option_it_lacks():
+    r = _invoke_synth(["mix", "--help"])
+    assert r.exit_code == 0
+    assert "--factor" not in r.output and "demo-skin" not in r.output
+    assert "--factor stage" in _invoke_synth(["morph", "--help"]).output  # morph does take --factor

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import csv
+import json
+from pathlib import Path
 
 import click
 import numpy as np
@@ -343,3 +345,6 @@ def test_cli_generate_refuses_missing_network_and_non_empty_out(tmp_path, gen_ck
     (run_dir / "network-snapshot-000000.004.ckpt").write_bytes(gen_ckpt.read_bytes())
     r = run(["generate", "--type", "unrelated", "--per-cell", "1", "--out", "o2", "--quiet", "--mean-w-samples", "8"])
     assert r.exit_code == 0, r.output
+    picked = Path("runs") / "00003-test" / "network-snapshot-000000.004.ckpt"
+    assert r.stderr.splitlines() == [f"--network not given: using {picked} (kimg not recorded)"]
+    assert json.loads((tmp_path / "o2" / "generation.json").read_text())["network"] == str(picked)

@@ -10,22 +10,42 @@ __all__ = ["ablate"]
 DEFAULT_TYPES = "unrelated,age_related,age_progression,blended,style_mixed"
 
 
+def _positive(ctx, param, value):
+    import math
+
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"{value}: must be a positive number")
+    return value
+
+
+def _psi(ctx, param, value):
+    from synth.synthesis.errors import SynthesisError
+    from synth.synthesis.network import check_truncation
+
+    try:
+        return check_truncation(value, "--psi")
+    except SynthesisError as e:
+        raise click.UsageError(str(e), ctx) from None
+
+
 @click.command("ablate", context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="Labelled dataset folder or .zip.")
 @click.option("--cond", default="disease,age", help="Factors of the data (and of the generator).")
 @click.option("--types", "types", default=DEFAULT_TYPES,
               help="Synthetic image types, comma separated; blended:0.75 sets the mix of one blended arm.")
-@click.option("--folds", "k", type=int, default=5, help="Number of grouped, stratified folds.")
+@click.option("--folds", "k", type=click.IntRange(min=2), default=5, help="Number of grouped, stratified folds.")
 @click.option("--gan-per-fold", is_flag=True, help="Train one GAN per fold on its training folds only (cached in OUT/gans/).")
 @click.option("--network", type=click.Path(path_type=Path), default=None,
-              help="One generator checkpoint for all folds (leaks held-out images if it was trained on all data).")
-@click.option("--gan-kimg", type=float, default=2.0, help="Length of each per-fold GAN training (short CPU default).")
+              help="One generator checkpoint for all folds (leaks held-out images if it was trained on all data); "
+                   "loaded and checked before anything is written; results.json records its SHA-256.")
+@click.option("--gan-kimg", type=float, default=2.0, callback=_positive, help="Length of each per-fold GAN training (short CPU default).")
 @click.option("--gan-resolution", type=int, default=32, help="Resolution of the per-fold GANs.")
 @click.option("--gan-preset", type=click.Choice(["cpu", "auto", "paper256", "stylegan2"]), default="cpu", help="Per-fold GAN preset.")
 @click.option("--ratio", "ratios", type=float, multiple=True,
               help="Synthetic images per study-rule count (repeat for a sweep). Default 1.0.")
 @click.option("--mix", "mixes", type=float, multiple=True, help="Disease weight of plain 'blended' arms. Default 0.55.")
-@click.option("--psi", type=float, default=0.6, help="Truncation psi when generating (the study used 0.6).")
+@click.option("--psi", type=float, default=0.6, callback=_psi,
+              help="Truncation psi when generating, a finite number >= 0 (the study used 0.6).")
 @click.option("--exclude-level", "exclude", multiple=True, metavar="FACTOR=LEVEL",
               help="Cells that get no synthetic images. Default: the control level (unaffected).")
 @click.option("--target", default="disease", help="Factor(s) the classifier predicts.")
@@ -34,11 +54,11 @@ DEFAULT_TYPES = "unrelated,age_related,age_progression,blended,style_mixed"
                    "(BENCHMARKS.md); the study used efficientnet_b4 --pretrained PATH --size 448 --lr 3e-5.")
 @click.option("--pretrained", default=None, help="Local weights file for the classifier backbone.")
 @click.option("--size", type=int, default=32, help="Classifier input size in pixels.")
-@click.option("--epochs", type=int, default=15)
-@click.option("--batch", type=int, default=32)
-@click.option("--lr", type=float, default=3e-3, help="Peak learning rate.")
-@click.option("--optimizer", type=click.Choice(["adam", "adamw"]), default="adamw")
-@click.option("--weight-decay", type=float, default=0.01)
+@click.option("--epochs", type=click.IntRange(min=1), default=15, help="Classifier training epochs per cell.")
+@click.option("--batch", type=click.IntRange(min=1), default=32, help="Classifier batch size.")
+@click.option("--lr", type=float, default=3e-3, callback=_positive, help="Peak learning rate.")
+@click.option("--optimizer", type=click.Choice(["adam", "adamw"]), default="adamw", help="Classifier optimiser.")
+@click.option("--weight-decay", type=float, default=0.01, help="Classifier weight decay.")
 @click.option("--drop-rate", type=float, default=0.0, help="Dropout before the classifier head.")
 @click.option("--class-weight", default=None, help="'auto' or NAME=W,... (same for every arm).")
 @click.option("--aug", type=click.Choice(["faces", "skin", "none"]), default="faces", help="Classifier augmentation.")
@@ -75,7 +95,7 @@ def ablate(**p) -> None:
     from classifiers.data import ClassifierDataError
     from classifiers.models import ModelError, check_model_name
     from classifiers.train import TrainConfig
-    from synth.ablation.plan import AblationConfig, AblationError
+    from synth.ablation.plan import AblationConfig, AblationError, build_arms
     from synth.ablation.runner import run_ablation
 
     if p["gan_per_fold"] and p["network"] is not None:
@@ -85,8 +105,14 @@ def ablate(**p) -> None:
     for r in p["ratios"]:
         if not r > 0:
             raise click.BadParameter(f"{r}: must be > 0", param_hint="--ratio")
+    # Bad option values are usage errors (exit 2); what the files hold is checked by the run (exit 1).
     try:
+        build_arms([t.strip() for t in p["types"].split(",") if t.strip()], list(p["ratios"]) or [1.0],
+                   list(p["mixes"]) or [0.55])
         check_model_name(p["model"])
+    except (AblationError, ModelError) as e:
+        raise click.UsageError(str(e).splitlines()[0]) from None
+    try:
         train = TrainConfig(
             model=p["model"], size=p["size"], epochs=p["epochs"], batch=p["batch"], lr=p["lr"],
             optimizer=p["optimizer"], weight_decay=p["weight_decay"], drop_rate=p["drop_rate"],

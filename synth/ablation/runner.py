@@ -28,10 +28,10 @@ import numpy as np
 
 from classifiers.train import train_classifier
 from synth.ablation.cache import read_json, try_claim, write_json
-from synth.ablation.gan import ensure_fold_gan, load_fold_generator
+from synth.ablation.gan import ensure_fold_gan, fold_gan_options, load_fold_generator
 from synth.ablation.plan import REFERENCE_ARM, AblationConfig, AblationError, Arm, build_arms
 
-__all__ = ["AblationResult", "run_ablation", "prepare_out_dir", "cell_path"]
+__all__ = ["AblationResult", "run_ablation", "check_out_dir", "prepare_out_dir", "cell_path"]
 
 POLL_SECONDS = 2.0
 _OUTPUTS = ("plan.json", "folds.csv", "gans", "synthetic", "cells", "report.md", "results.json", "per_arm.csv",
@@ -45,6 +45,12 @@ class AblationResult:
     folds: np.ndarray
     results: dict  # the content of results.json
     trained: list[tuple[int, str]] = field(default_factory=list)  # cells this call trained (the rest came from the cache)
+
+
+def _sha256(path: str | None) -> str | None:
+    from synth.synthesis.network import file_sha256
+
+    return file_sha256(path) if path and Path(path).is_file() else None
 
 
 def cell_path(out: Path, fold: int, arm: str) -> Path:
@@ -71,16 +77,36 @@ def _check_config(config: AblationConfig) -> list[Arm]:
             raise AblationError(f"--network {config.network}: checkpoint not found")
     if not config.gan_kimg > 0:
         raise AblationError(f"--gan-kimg {config.gan_kimg}: must be > 0")
-    if not np.isfinite(config.psi):
-        raise AblationError(f"--psi {config.psi}: must be a finite number")
+    if not (np.isfinite(config.psi) and config.psi >= 0):
+        raise AblationError(f"--psi {config.psi}: must be a finite number >= 0 (1 = no truncation)")
     return build_arms(config.types, config.ratios, config.mixes)
 
 
-def prepare_out_dir(out: Path, config: AblationConfig, force: bool) -> None:
-    """Create ``out``; reuse it only for the same plan; ``force`` wipes earlier results."""
+def check_out_dir(out: Path, config: AblationConfig, force: bool) -> bool:
+    """Refuse an ``out`` this ablation cannot use; change nothing.  True when ``out`` holds
+    this plan already (a resume)."""
     if out.exists() and not out.is_dir():
         raise AblationError(f"--out {out}: exists and is not a folder")
-    plan = out / "plan.json"
+    if force or not (out.is_dir() and any(out.iterdir())):
+        return False
+    old = read_json(out / "plan.json")
+    if old is None:
+        raise AblationError(f"--out {out}: folder is not empty and holds no ablation (plan.json); use another folder or --force")
+    if old.get("fingerprint") != config.fingerprint():
+        diff = sorted(k for k in set(old.get("fingerprint", {})) | set(config.fingerprint())
+                      if old.get("fingerprint", {}).get(k) != config.fingerprint().get(k))
+        raise AblationError(
+            f"--out {out}: holds an ablation with different settings ({', '.join(diff)}); use another folder or --force"
+        )
+    return True
+
+
+def prepare_out_dir(out: Path, config: AblationConfig, force: bool) -> None:
+    """Create ``out``; reuse it only for the same plan; ``force`` wipes earlier results.
+
+    The first write of a run: :func:`run_ablation` calls it only once everything else
+    (data, network, folds, targets) has been checked, so a failed run leaves no plan.json."""
+    check_out_dir(out, config, force)
     if force and out.is_dir():
         for name in _OUTPUTS:
             p = out / name
@@ -88,18 +114,8 @@ def prepare_out_dir(out: Path, config: AblationConfig, force: bool) -> None:
                 shutil.rmtree(p)
             elif p.exists():
                 p.unlink()
-    if out.is_dir() and any(out.iterdir()):
-        old = read_json(plan)
-        if old is None:
-            raise AblationError(f"--out {out}: folder is not empty and holds no ablation (plan.json); use another folder or --force")
-        if old.get("fingerprint") != config.fingerprint():
-            diff = sorted(k for k in set(old.get("fingerprint", {})) | set(config.fingerprint())
-                          if old.get("fingerprint", {}).get(k) != config.fingerprint().get(k))
-            raise AblationError(
-                f"--out {out}: holds an ablation with different settings ({', '.join(diff)}); use another folder or --force"
-            )
     out.mkdir(parents=True, exist_ok=True)
-    write_json(plan, {"format": "synth-ablation/1", "fingerprint": config.fingerprint(), "config": config.to_dict()})
+    write_json(out / "plan.json", {"format": "synth-ablation/1", "fingerprint": config.fingerprint(), "config": config.to_dict()})
 
 
 def _open(path, cond, what: str, space=None):
@@ -111,20 +127,20 @@ def _open(path, cond, what: str, space=None):
         raise AblationError(f"{what}: {str(e).splitlines()[0]}") from None
 
 
-def _folds(out: Path, imageset, config: AblationConfig) -> np.ndarray:
+def _folds(out: Path, imageset, config: AblationConfig, reuse: bool = True) -> tuple[np.ndarray, bool]:
+    """-> (folds, made): the folds of ``out/folds.csv`` when ``reuse`` and it exists, else
+    new ones (``made``: not yet written; see :meth:`_Run.write_folds`)."""
     from synth.data.dataset import DatasetError
-    from synth.data.folds import make_folds, read_folds, write_folds
+    from synth.data.folds import make_folds, read_folds
 
     path = out / "folds.csv"
     try:
-        if path.is_file():
+        if reuse and path.is_file():
             folds = read_folds(path, imageset)
             if int(folds.max()) + 1 != config.k:
                 raise AblationError(f"{path}: has {int(folds.max()) + 1} folds, --folds is {config.k}; use --force")
-            return folds
-        folds = make_folds(imageset, k=config.k, seed=config.seed)
-        write_folds(path, imageset, folds)
-        return folds
+            return folds, False
+        return make_folds(imageset, k=config.k, seed=config.seed), True
     except DatasetError as e:
         raise AblationError(f"--folds {config.k}: {str(e).splitlines()[0]}") from None
     except ValueError as e:  # scikit-learn refuses impossible splits
@@ -138,15 +154,19 @@ def _folds(out: Path, imageset, config: AblationConfig) -> np.ndarray:
 class _Run:
     """State shared by the cells of one ``run_ablation`` call."""
 
-    def __init__(self, config: AblationConfig, out: Path, arms: list[Arm]):
+    def __init__(self, config: AblationConfig, out: Path, arms: list[Arm], reuse: bool = True):
+        """Open and check everything the run needs (data, folds, targets, the generator);
+        writes nothing.  ``reuse``: take the folds of an earlier run in ``out``."""
         from classifiers.cv import check_fold_classes
         from classifiers.data import ClassifierDataError, drop_empty_classes, encode_images, parse_class_weight, parse_target
 
         self.config, self.out, self.arms = config, out, arms
         self.tc = config.train
+        if config.gan_per_fold:
+            fold_gan_options(config, 0)  # preset, resolution and GAN options are valid
         self.imageset = _open(config.data, config.cond, "--data")
         self.space = self.imageset.space
-        self.folds = _folds(out, self.imageset, config)
+        self.folds, self._new_folds = _folds(out, self.imageset, config, reuse)
         self.k = int(self.folds.max()) + 1
         self.cell_factors = list(self.space.names)
         self.cells = [self.imageset.cell_of(i, self.cell_factors) for i in range(len(self.imageset))]
@@ -178,6 +198,14 @@ class _Run:
         self._check_roles()
         self._generators: dict[int, tuple[Any, Any]] = {}
         self.trained: list[tuple[int, str]] = []
+
+    def write_folds(self) -> None:
+        """Write folds.csv if this run made the folds (after :func:`prepare_out_dir`)."""
+        from synth.data.folds import write_folds
+
+        if self._new_folds:
+            write_folds(self.out / "folds.csv", self.imageset, self.folds)
+            self._new_folds = False
 
     def _check_roles(self) -> None:
         needs_age = {a.type for a in self.arms} & {"age_related", "age_progression"}
@@ -384,6 +412,7 @@ class _Run:
             "generator": {
                 "mode": "per_fold" if cfg.gan_per_fold else "shared",
                 "network": cfg.network,
+                "network_sha256": _sha256(cfg.network),
                 "gan_kimg": cfg.gan_kimg if cfg.gan_per_fold else None,
                 # A shared network trained on all images has seen every held-out image.
                 "may_leak": not cfg.gan_per_fold,
@@ -424,12 +453,14 @@ def run_ablation(config: AblationConfig, out_dir: str | Path, force: bool = Fals
 
     arms = _check_config(config)
     out = Path(out_dir)
-    prepare_out_dir(out, config, force)
+    check_out_dir(out, config, force)  # refuse before any slow work
+    run = _Run(config, out, arms, reuse=not force)  # every check; nothing written yet
+    prepare_out_dir(out, config, force)  # the first write: plan.json
     if force:
         from classifiers.data import clear_image_cache
 
         clear_image_cache()  # regenerated synthetic images reuse file names
-    run = _Run(config, out, arms)
+    run.write_folds()
     run.run_all()
     results = run.collect()
     write_report(out, results)

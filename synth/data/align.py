@@ -619,11 +619,13 @@ def align(in_dir: Path, out_dir: Path, resolution: int, upsample: int, landmarks
     without the rows of images that were not aligned.  conditions.yaml is copied as is.
     Exit status 1 if no image could be aligned (or, with --strict, if any could not).
     """
+    if out_dir.resolve() == in_dir.resolve():  # wrong whatever the folders hold: a usage error (exit 2)
+        raise click.UsageError("OUT_DIR must differ from IN_DIR (the originals would be overwritten)")
     try:
         summary = align_folder(in_dir, out_dir, resolution=resolution, upsample=upsample,
                                landmarks=landmarks, force=force, progress=not quiet)
-    except AlignError as e:
-        raise click.UsageError(str(e)) from None
+    except AlignError as e:  # a folder or file the arguments name does not fit: exit 1
+        raise click.ClickException(str(e).splitlines()[0]) from None
     for line in summary.lines():
         click.echo(line)
     n_ok = summary.count("aligned")

@@ -17,6 +17,13 @@ def split_factors(value: str | None) -> list[str] | None:
     return names
 
 
+class _CheckFailed(click.ClickException):
+    """``synth data check`` exits 2 whenever the dataset fails the check, also when it cannot
+    be opened at all (then as one ``Error:`` line)."""
+
+    exit_code = 2
+
+
 @click.group()
 def data() -> None:
     """Prepare datasets: check labels, align faces, render the synthetic atlas."""
@@ -36,9 +43,12 @@ def check(directory: str, cond: str | None, min_count: int, quiet: bool) -> None
     unreadable or corrupt images, unknown levels, missing or duplicate files, label paths
     outside the dataset, or no usable image at all.  Non-RGB images are accepted (converted,
     16-bit scaled to 8-bit) with a warning.  In the table, `0!` marks an empty cell and `n*` a
-    tiny one.
+    tiny one.  A dataset that cannot be opened at all (no such folder, no labels.csv or
+    dataset.json, an unreadable table) is one `Error:` line, also with status 2.
     """
     report = check_dataset(directory, split_factors(cond), min_count=min_count, progress=not quiet)
+    if report.imageset is None:  # nothing could be checked (no such folder, no label table): one line
+        raise _CheckFailed(report.problems[0][1].splitlines()[0] if report.problems else f"{directory}: unreadable dataset")
     if report.imageset is not None and len(report.imageset) and not quiet:  # an empty set has no table
         ims = report.imageset
         click.echo(f"{directory}: {len(ims)} usable images; factors: " + ", ".join(

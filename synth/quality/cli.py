@@ -38,9 +38,30 @@ def _metric_list(ctx, param, value):
     return tuple(dict.fromkeys(names))
 
 
+def _truncation(ctx, param, value):
+    from synth.synthesis.errors import SynthesisError
+    from synth.synthesis.network import check_truncation
+
+    try:
+        return check_truncation(value)
+    except SynthesisError as e:
+        raise click.UsageError(str(e), ctx) from None
+
+
+def _seeds(ctx, param, value):
+    from synth.synthesis.errors import SynthesisError
+    from synth.synthesis.labels import parse_seeds
+
+    try:
+        return tuple(parse_seeds(value))
+    except SynthesisError as e:
+        raise click.UsageError(str(e), ctx) from None
+
+
 @click.command("metrics")
 @click.option("--network", type=click.Path(path_type=Path), default=None,
-              help="Generator checkpoint (.ckpt). Default: newest runs/*/ snapshot, else checkpoints/demo-faces.ckpt.")
+              help="Generator checkpoint (.ckpt). Default: newest runs/*/ snapshot, else checkpoints/demo-faces.ckpt; "
+                   "the one picked is printed on stderr. metrics.json records its path and SHA-256.")
 @click.option("--data", type=click.Path(path_type=Path), default=None,
               help="Real training images (folder with labels.csv, or .zip): needed by fid and memorisation.")
 @click.option("--judge", "judges", multiple=True, type=click.Path(path_type=Path),
@@ -53,12 +74,14 @@ def _metric_list(ctx, param, value):
                    "(fidelity needs --judge, fid/memorisation need --data).")
 @click.option("--per-cell", type=click.IntRange(min=1), default=50, show_default=True,
               help="Generated images per condition cell (fidelity, KID/FID, memorisation).")
-@click.option("--seeds", default="0-15", show_default=True, help="Seeds of the progression morphs, e.g. 0-15 or 1,5,9.")
+@click.option("--seeds", default="0-15", show_default=True, callback=_seeds,
+              help="Seeds of the progression morphs, e.g. 0-15 or 1,5,9.")
 @click.option("--seed", type=click.IntRange(min=0), default=1000, show_default=True,
               help="First seed of the per-cell images.")
 @click.option("--steps", type=click.IntRange(min=2), default=5, show_default=True, help="Keyframes per morph.")
-@click.option("--truncation", "psi", type=float, default=1.0, show_default=True,
-              help="Truncation psi toward each condition's mean w (1 = none; the study generated with 0.6).")
+@click.option("--truncation", "psi", type=float, default=1.0, show_default=True, callback=_truncation,
+              help="Truncation psi toward each condition's mean w (a finite number >= 0; 1 = none; the study "
+                   "generated with 0.6).")
 @click.option("--kind", type=click.Choice(["auto", "faces", "skin"]), default="auto", show_default=True,
               help="Identity measure: faces = dlib face descriptor, skin = frozen backbone; auto = skin for a 'stage' model.")
 @click.option("--inception", type=click.Path(path_type=Path), default=None,
@@ -105,8 +128,7 @@ def metrics(network, data, judges, judge_age, metric_names, per_cell, seeds, see
     from synth.quality.features import inception_extractor
     from synth.quality.fidelity import load_judges
     from synth.quality.report import METRICS, OUTPUTS, MetricsConfig, run_metrics, write_outputs
-    from synth.synthesis.labels import parse_seeds
-    from synth.synthesis.network import open_generator
+    from synth.synthesis.network import network_record, open_generator
     from synth.utils.io import check_out_dir, prepare_out_dir
 
     check_out_dir(out, force, error=QualityError)  # refuse before any slow work
@@ -115,7 +137,7 @@ def metrics(network, data, judges, judge_age, metric_names, per_cell, seeds, see
     for opt, j in [("--judge", j) for j in judges] + ([("--judge-age", judge_age)] if judge_age else []):
         if not Path(j).exists():
             raise QualityError(f"{opt} {j}: not found")
-    morph_seeds = tuple(parse_seeds(seeds))
+    morph_seeds = seeds
     if metric_names is None:  # everything the given inputs allow
         metric_names = tuple(m for m in METRICS
                              if not (m == "fidelity" and not (judges or judge_age))
@@ -130,7 +152,7 @@ def metrics(network, data, judges, judge_age, metric_names, per_cell, seeds, see
         kind=kind, feature_model=feature_model, feature_size=feature_size, pixel_size=pixel_size,
         kid_subsets=kid_subsets, top=top, batch=batch, device=device, mean_w_samples=mean_w_samples,
         progress=not quiet,
-        extra={"network": str(net_path), "data": str(data) if data else None,
+        extra={**network_record(net_path, meta, meta.get("network_default")), "data": str(data) if data else None,
                "inception": str(inception) if inception else None, "gate": gate},
     )
     out = prepare_out_dir(out, force, OUTPUTS, error=QualityError)  # no stale figure beside new numbers

@@ -290,7 +290,10 @@ def _cell(key: str) -> str:
 def render_markdown(r: dict) -> str:
     s = r["settings"]
     lines = ["# Generator quality metrics", "",
-             f"- network: `{s.get('network', '?')}` ({r['resolution']} px), truncation psi {s['truncation']}",
+             f"- network: `{s.get('network', '?')}` ({r['resolution']} px"
+             + (f", {s['network_kimg']:g} kimg" if isinstance(s.get("network_kimg"), (int, float)) else "")
+             + (f", SHA-256 `{s['network_sha256']}`" if s.get("network_sha256") else "")
+             + f"), truncation psi {s['truncation']}",
              f"- factors: {', '.join(f['name'] for f in r['space']['factors'])}; images per cell: {s['per_cell']}; "
              f"kind: {r['kind']}"]
     if "features" in r:

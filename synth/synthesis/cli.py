@@ -29,12 +29,46 @@ def _one_line_errors(fn):
     return wrapper
 
 
-def _common(fn):
-    """Options every rendering command shares."""
+def _truncation(ctx, param, value):
+    """--truncation: a finite psi >= 0 (a usage error otherwise, before anything is loaded)."""
+    from synth.synthesis.errors import SynthesisError
+    from synth.synthesis.network import check_truncation
+
+    try:
+        return check_truncation(value)
+    except SynthesisError as e:
+        raise click.UsageError(str(e), ctx) from None
+
+
+def _seed_list(spec: str) -> list[int]:
+    """A malformed seed list is a usage error (exit 2), like any other bad option value."""
+    from synth.synthesis.errors import SynthesisError
+    from synth.synthesis.labels import parse_seeds
+
+    try:
+        return parse_seeds(spec)
+    except SynthesisError as e:
+        raise click.UsageError(str(e)) from None
+
+
+def truncation_option(default: float, help: str):  # noqa: A002 - click's name
+    return click.option("--truncation", "psi", type=float, default=default, show_default=True, callback=_truncation,
+                        help=help)
+
+
+_NETWORK_HELP = ("Generator checkpoint (.ckpt). Default: newest runs/*/ snapshot, else the bundled "
+                 "checkpoints/demo-faces.ckpt")
+
+
+def _common(fn=None, *, factor: bool = True):
+    """Options every rendering command shares (``factor``: the command has --factor, so the
+    default network may be the skin model)."""
+    if fn is None:
+        return functools.partial(_common, factor=factor)
+    net_help = _NETWORK_HELP + (" (demo-skin.ckpt for --factor stage)." if factor else ".") + \
+        " The one picked is printed on stderr; every output records its path and SHA-256."
     for deco in reversed([
-        click.option("--network", "network", type=click.Path(path_type=Path), default=None,
-                     help="Generator checkpoint (.ckpt). Default: newest runs/*/ snapshot, else the bundled "
-                          "checkpoints/demo-faces.ckpt (demo-skin.ckpt for --factor stage)."),
+        click.option("--network", "network", type=click.Path(path_type=Path), default=None, help=net_help),
         click.option("--noise-mode", type=click.Choice(["const", "random", "none"]), default="const", show_default=True,
                      help="Per-pixel noise inputs: fixed buffers, fresh (seeded) noise, or off."),
         click.option("--batch", type=click.IntRange(min=1), default=16, show_default=True, help="Images per forward pass."),
@@ -49,11 +83,14 @@ def _common(fn):
 
 
 def _renderer(network, device, psi, noise_mode, batch, mean_w_samples, factor=None):
+    """-> (renderer, space, meta, record): ``record`` names the network and its SHA-256 for
+    the outputs (:func:`synth.synthesis.network.network_record`)."""
     from synth.synthesis.engine import Renderer
-    from synth.synthesis.network import open_generator
+    from synth.synthesis.network import network_record, open_generator
 
     G, space, meta, path = open_generator(network, device=device, factor=factor)
-    return Renderer(G, psi=psi, noise_mode=noise_mode, batch=batch, device=device, mean_w_samples=mean_w_samples), space, meta, path
+    rend = Renderer(G, psi=psi, noise_mode=noise_mode, batch=batch, device=device, mean_w_samples=mean_w_samples)
+    return rend, space, meta, network_record(path, meta, meta.get("network_default"))
 
 
 def _default_factor(space, factor: str | None) -> str:
@@ -109,7 +146,7 @@ def _counts(space, roles, exclude, per_cell, data, meta):
 @click.option("--to", "age_to", default=None, help="age_progression end level (default: last level).")
 @click.option("--mix", "mixes", type=float, multiple=True, help="blended: weight of the first disease (repeatable) [default: 0.55].")
 @click.option("--styles", default=None, help="style_mixed: layers from the first image, e.g. 0-6 (default: first half of the w layers).")
-@click.option("--truncation", "psi", type=float, default=0.6, show_default=True, help="psi toward the per-condition average w (1 = none).")
+@truncation_option(0.6, "psi toward the per-condition average w (a finite number >= 0; 1 = none).")
 @click.option("--seeds", default=None, help="Seeds to draw z from, e.g. 0-999 or 1,5,9 (default: consecutive from --seed).")
 @click.option("--seed", type=int, default=0, show_default=True, help="First seed when --seeds is not given.")
 @click.option("--exclude-level", "exclude", multiple=True, help="FACTOR=LEVEL to skip (repeatable; 'none' keeps all) [default: the control level].")
@@ -133,12 +170,12 @@ def generate(ptype, out, data, per_cell, factor, steps, age_from, age_to, mixes,
     """
     from synth.synthesis.counts import parse_exclusions, resolve_roles
     from synth.synthesis.generate import generate_products
-    from synth.synthesis.labels import SeedStream, parse_layers, parse_seeds
+    from synth.synthesis.labels import SeedStream, parse_layers
     from synth.synthesis.manifest import earlier_generation, prepare_out_dir
 
     if steps < 2:
         raise click.UsageError(f"--steps {steps}: need at least 2")
-    seed_list = parse_seeds(seeds) if seeds is not None else None
+    seed_list = _seed_list(seeds) if seeds is not None else None
     rend, space, meta, net = _renderer(network, device, psi, noise_mode, batch, mean_w_samples, factor)
     fac = _optional_age_factor(space, factor)
     roles = resolve_roles(space, fac)
@@ -149,7 +186,7 @@ def generate(ptype, out, data, per_cell, factor, steps, age_from, age_to, mixes,
     rows = generate_products(
         rend.G, space, ptype, counts, SeedStream(seed_list, seed), psi, out, age_factor=fac, steps=steps,
         age_from=age_from, age_to=age_to, mixes=tuple(mixes) or (0.55,), style_layers=layers, progress=not quiet,
-        renderer=rend, settings={"network": str(net), "counts_from": how, "exclude": {k: sorted(v) for k, v in excl.items()}},
+        renderer=rend, settings={**net, "counts_from": how, "exclude": {k: sorted(v) for k, v in excl.items()}},
     )
     made = sorted({r.values["type"] for r in rows}, key=_TYPES.index)
     click.echo(f"wrote {len(rows)} images ({', '.join(made)}) to {out} ({how}); inspect with: synth data check {out}")
@@ -168,7 +205,7 @@ def generate(ptype, out, data, per_cell, factor, steps, age_from, age_to, mixes,
 @click.option("--frames", type=int, default=60, show_default=True, help="Frames of the GIF/MP4 animation (eased in/out).")
 @click.option("--fps", type=float, default=20.0, show_default=True, help="Animation frame rate.")
 @click.option("--no-video", is_flag=True, help="Strips and contact sheet only.")
-@click.option("--truncation", "psi", type=float, default=0.7, show_default=True, help="psi toward the per-condition average w.")
+@truncation_option(0.7, "psi toward the per-condition average w (a finite number >= 0; 1 = none).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
 @_common
 @_one_line_errors
@@ -178,8 +215,8 @@ def morph(start, end, factor, disease, steps, seeds, frames, fps, no_video, psi,
 
     Per seed: a labelled keyframe strip (morph_sSEED.png), an animated GIF and MP4; plus
     contact_sheet.png of all seeds.  End frames are exactly the pure-condition images.
+    morph.json records the settings, the network and its SHA-256.
     """
-    from synth.synthesis.labels import parse_seeds
     from synth.synthesis.manifest import prepare_out_dir
     from synth.synthesis.morph import resolve_morph, write_morphs
 
@@ -189,11 +226,12 @@ def morph(start, end, factor, disease, steps, seeds, frames, fps, no_video, psi,
         raise click.UsageError(f"--frames {frames}: need at least 2 (or --no-video)")
     if fps <= 0:
         raise click.UsageError(f"--fps {fps}: must be positive")
-    seed_list = parse_seeds(seeds)
-    rend, space, _, _ = _renderer(network, device, psi, noise_mode, batch, mean_w_samples, factor)
+    seed_list = _seed_list(seeds)
+    rend, space, _, net = _renderer(network, device, psi, noise_mode, batch, mean_w_samples, factor)
     spec = resolve_morph(space, _default_factor(space, factor), start, end, disease)
     out = prepare_out_dir(out, force)
-    write_morphs(rend, space, spec, seed_list, out, steps=steps, frames=frames, fps=fps, video=not no_video, progress=not quiet)
+    write_morphs(rend, space, spec, seed_list, out, steps=steps, frames=frames, fps=fps, video=not no_video, progress=not quiet,
+                 settings=net)
     click.echo(f"wrote {len(seed_list)} morph(s) {spec.start} -> {spec.end} to {out}")
 
 
@@ -205,22 +243,22 @@ def morph(start, end, factor, disease, steps, seeds, frames, fps, no_video, psi,
 @click.option("--cols", default="10-13", show_default=True, help="Column source seeds (give every other layer).")
 @click.option("--styles", default=None, help="Layers taken from the row source, e.g. 0-6 (default: coarse+middle half).")
 @click.option("--cond", default=None, help="Condition of every image, e.g. disease=syndrome_a,age=child (factors left out: first affected cell).")
-@click.option("--truncation", "psi", type=float, default=0.7, show_default=True, help="psi toward the per-condition average w.")
+@truncation_option(0.7, "psi toward the per-condition average w (a finite number >= 0; 1 = none).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder (mix.png).")
 @click.option("--save-individual", is_flag=True, help="Also save every source and cell as its own PNG.")
-@_common
+@_common(factor=False)
 @_one_line_errors
 def mix(rows, cols, styles, cond, psi, out, save_individual, network, noise_mode, batch, device, mean_w_samples, force, quiet):
     """Style-mixing grid: first row = column sources, first column = row sources; each cell
     takes the --styles layers (coarse/middle: shape) from its row and the fine (colour) layers
     from its column."""
     from synth.conditions import parse_cond_assignments
-    from synth.synthesis.labels import default_style_layers, parse_layers, parse_seeds
+    from synth.synthesis.labels import default_style_layers, parse_layers
     from synth.synthesis.manifest import prepare_out_dir
     from synth.synthesis.mix import style_mix_grid, write_mix_grid
 
-    row_seeds, col_seeds = parse_seeds(rows), parse_seeds(cols)
-    rend, space, _, _ = _renderer(network, device, psi, noise_mode, batch, mean_w_samples)
+    row_seeds, col_seeds = _seed_list(rows), _seed_list(cols)
+    rend, space, _, net = _renderer(network, device, psi, noise_mode, batch, mean_w_samples)
     layers = parse_layers(styles, rend.num_ws) if styles is not None else default_style_layers(rend.num_ws)
     cell = next((c for c in space.cells() if space.is_affected(dict(zip(space.names, c)))), space.cells()[0])
     labels = dict(zip(space.names, cell))
@@ -229,7 +267,8 @@ def mix(rows, cols, styles, cond, psi, out, save_individual, network, noise_mode
         labels = space.check_labels({**labels, **parse_cond_assignments(cond)})
     out = prepare_out_dir(out, force)
     grid = style_mix_grid(rend, space.encode(labels), row_seeds, col_seeds, layers)
-    path = write_mix_grid(grid, out, " / ".join(labels[n] for n in space.names), save_individual)
+    path = write_mix_grid(grid, out, " / ".join(labels[n] for n in space.names), save_individual,
+                          settings={**net, "cond": labels, "psi": rend.psi, "noise_mode": rend.noise_mode})
     click.echo(f"wrote {path}")
 
 
@@ -264,24 +303,26 @@ def teach():
 @click.option("--factor", default=None, help="Ordinal factor of the morph strips (default: age, else the first ordinal factor).")
 @click.option("--steps", type=int, default=5, show_default=True, help="Keyframes per morph strip.")
 @click.option("--exclude-level", "exclude", multiple=True, help="FACTOR=LEVEL to leave out (repeatable).")
-@click.option("--truncation", "psi", type=float, default=0.7, show_default=True, help="psi toward the per-condition average w.")
+@truncation_option(0.7, "psi toward the per-condition average w (a finite number >= 0; 1 = none).")
 @_common
 @_one_line_errors
 def teach_make(per_cell, out, quiz, quiz_per_cell, seed, factor, steps, exclude, psi,
                network, noise_mode, batch, device, mean_w_samples, force, quiet):
-    """Write a teaching gallery (index.html), morph strips and optionally a quiz."""
+    """Write a teaching gallery (index.html), morph strips and optionally a quiz.
+
+    teach.json (and the foot of index.html) names the generator and its SHA-256."""
     from synth.synthesis.counts import parse_exclusions
     from synth.synthesis.manifest import prepare_out_dir
     from synth.synthesis.teach import make_teaching_set
 
     if steps < 2:
         raise click.UsageError(f"--steps {steps}: need at least 2")
-    rend, space, _, _ = _renderer(network, device, psi, noise_mode, batch, mean_w_samples, factor)
+    rend, space, _, net = _renderer(network, device, psi, noise_mode, batch, mean_w_samples, factor)
     fac = _optional_age_factor(space, factor)
     excl = parse_exclusions(list(exclude), space) if exclude else {}
     out = prepare_out_dir(out, force)
     res = make_teaching_set(rend, space, out, per_cell, seed=seed, quiz=quiz, quiz_per_cell=quiz_per_cell,
-                            age_factor=fac, steps=steps, exclude=excl, progress=not quiet)
+                            age_factor=fac, steps=steps, exclude=excl, progress=not quiet, settings=net)
     click.echo(f"wrote {out / 'index.html'}" + (f" and a {len(res.quiz)}-image quiz ({out / 'quiz.html'})" if quiz else ""))
 
 

@@ -45,8 +45,8 @@ class Renderer:
             raise SynthesisError(f"--noise-mode {noise_mode!r}: expected one of {', '.join(NOISE_MODES)}")
         if batch < 1:
             raise SynthesisError(f"--batch {batch}: must be >= 1")
-        if not np.isfinite(psi):
-            raise SynthesisError(f"--truncation {psi}: must be a finite number")
+        if not np.isfinite(psi) or psi < 0:
+            raise SynthesisError(f"--truncation {psi}: must be a finite number >= 0 (1 = no truncation)")
         self.G = G.eval()
         self.device = torch.device(device)
         self.psi = float(psi)

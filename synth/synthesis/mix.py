@@ -6,14 +6,16 @@ source r and every other layer (fine: skin and lesion colour) from column source
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from synth.synthesis.engine import Renderer
 from synth.synthesis.render import labelled_grid, save_png
+from synth.utils.io import atomic_write_text
 
 __all__ = ["MixGrid", "style_mix_grid", "write_mix_grid"]
 
@@ -44,8 +46,10 @@ def style_mix_grid(renderer: Renderer, label: np.ndarray, row_seeds: Sequence[in
     return MixGrid(rows, cols, cells.reshape(R, C, *cells.shape[1:]), row_seeds, col_seeds, list(layers))
 
 
-def write_mix_grid(grid: MixGrid, out: str | Path, title: str, save_individual: bool = False) -> Path:
-    """``mix.png`` (labelled grid) and, optionally, every source and cell as its own PNG."""
+def write_mix_grid(grid: MixGrid, out: str | Path, title: str, save_individual: bool = False,
+                   settings: Mapping[str, Any] | None = None) -> Path:
+    """``mix.png`` (labelled grid), ``mix.json`` (seeds, layers, ``settings`` such as the
+    network and its SHA-256) and, optionally, every source and cell as its own PNG."""
     out = Path(out)
     images: list[list[np.ndarray | None]] = [[None, *list(grid.cols)]]
     for r in range(len(grid.row_seeds)):
@@ -55,12 +59,16 @@ def write_mix_grid(grid: MixGrid, out: str | Path, title: str, save_individual: 
     row_labels = ["", *[f"row seed {s}" for s in grid.row_seeds]]
     path = out / "mix.png"
     save_png(labelled_grid(images, col_labels=col_labels, row_labels=row_labels), path)
+    files: list[str] = []
     if save_individual:
-        for r, s in enumerate(grid.row_seeds):
-            save_png(grid.rows[r], out / "individual" / f"row_s{s}.png")
-        for c, s in enumerate(grid.col_seeds):
-            save_png(grid.cols[c], out / "individual" / f"col_s{s}.png")
-        for r, rs in enumerate(grid.row_seeds):
-            for c, cs in enumerate(grid.col_seeds):
-                save_png(grid.cells[r, c], out / "individual" / f"mix_r{rs}_c{cs}.png")
+        named = [(grid.rows[r], f"row_s{s}.png") for r, s in enumerate(grid.row_seeds)]
+        named += [(grid.cols[c], f"col_s{s}.png") for c, s in enumerate(grid.col_seeds)]
+        named += [(grid.cells[r, c], f"mix_r{rs}_c{cs}.png") for r, rs in enumerate(grid.row_seeds)
+                  for c, cs in enumerate(grid.col_seeds)]
+        for img, name in named:
+            save_png(img, out / "individual" / name)
+            files.append(f"individual/{name}")
+    info = {"title": title, "row_seeds": grid.row_seeds, "col_seeds": grid.col_seeds, "layers": grid.layers,
+            **dict(settings or {}), "grid": "mix.png", "individual": files}
+    atomic_write_text(out / "mix.json", json.dumps(info, indent=2, default=str) + "\n")
     return path

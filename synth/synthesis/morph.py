@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -116,8 +116,12 @@ def write_morphs(
     fps: float = 20.0,
     video: bool = True,
     progress: bool = True,
+    settings: Mapping[str, Any] | None = None,
 ) -> dict:
-    """Per seed: ``morph_s<seed>.png`` strip (+ ``.gif``/``.mp4``); ``contact_sheet.png``; ``morph.json``."""
+    """Per seed: ``morph_s<seed>.png`` strip (+ ``.gif``/``.mp4``); ``contact_sheet.png``; ``morph.json``.
+
+    ``settings`` (e.g. :func:`~synth.synthesis.network.network_record`: the network's path
+    and SHA-256) are recorded in ``morph.json`` too."""
     out = Path(out)
     strips, titles, files = [], [], []
     caps = keyframe_captions(spec, steps)
@@ -137,6 +141,6 @@ def write_morphs(
         files.append(entry)
     save_png(contact_sheet(strips, titles), out / "contact_sheet.png")
     info = {"factor": spec.factor, "from": spec.start, "to": spec.end, "fixed": spec.fixed, "steps": steps,
-            "frames": frames if video else 0, "fps": fps, "psi": renderer.psi, "noise_mode": renderer.noise_mode, "seeds": files}
+            "frames": frames if video else 0, "fps": fps, "psi": renderer.psi, "noise_mode": renderer.noise_mode, **dict(settings or {}), "seeds": files}
     atomic_write_text(out / "morph.json", json.dumps(info, indent=2) + "\n")
     return info

@@ -12,6 +12,7 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 from tqdm import tqdm
@@ -58,6 +59,17 @@ def _img(rel: str, alt: str) -> str:
     return f'<img src="{html.escape(rel)}" alt="{html.escape(alt)}">'
 
 
+def _generator_html(settings: Mapping[str, Any]) -> str:
+    """The foot of a page: which generator made its images (path, kimg, SHA-256)."""
+    if not settings.get("network"):
+        return ""
+    kimg = settings.get("network_kimg")
+    sha = settings.get("network_sha256")
+    text = f"Generator: {settings['network']}" + (f", {kimg:g} kimg" if isinstance(kimg, (int, float)) else "") + \
+        (f", SHA-256 {sha}" if sha else "")
+    return f'<p class="generator"><small>{html.escape(text)}</small></p>'
+
+
 def _gallery_html(space: ConditionSpace, gallery: dict, morphs: list[tuple[str, str]], row_f: str | None, col_f: str | None) -> str:
     parts = []
     if row_f is not None and col_f is not None:
@@ -102,11 +114,18 @@ def make_teaching_set(
     steps: int = 5,
     exclude: dict | None = None,
     progress: bool = True,
+    settings: Mapping[str, Any] | None = None,
 ) -> TeachResult:
     """Gallery (``gallery/``, ``index.html``), morph strips (``morphs/``) and, with ``quiz``,
-    ``quiz/NNN.png``, ``quiz.html``, ``answer_key.csv`` and ``answers_template.csv``."""
+    ``quiz/NNN.png``, ``quiz.html``, ``answer_key.csv`` and ``answers_template.csv``; last
+    ``teach.json``: the options, ``settings`` (e.g. the network's path and SHA-256, also shown
+    at the foot of index.html) and the files written."""
     if per_cell < 1:
         raise SynthesisError(f"--per-cell {per_cell}: must be >= 1")
+    nq = quiz_per_cell if quiz_per_cell is not None else per_cell
+    if quiz and nq < 1:  # checked before the gallery is written
+        raise SynthesisError(f"--quiz-per-cell {nq}: must be >= 1")
+    settings = dict(settings or {})
     out = Path(out)
     roles = resolve_roles(space, age_factor)
     exclude = exclude or {}
@@ -138,13 +157,11 @@ def make_teaching_set(
             morphs.append((f"{d + ': ' if d else ''}{spec.start} to {spec.end} (seed {s})", rel))
 
     row_f, col_f = (roles.disease, roles.age) if roles.disease and roles.age else (None, None)
-    atomic_write_text(out / "index.html", _page("Teaching set", _gallery_html(space, gallery, morphs, row_f, col_f)))
+    atomic_write_text(out / "index.html", _page("Teaching set", _gallery_html(space, gallery, morphs, row_f, col_f)
+                                                + "\n" + _generator_html(settings)))
 
     quiz_rows: list[dict] = []
     if quiz:
-        nq = quiz_per_cell if quiz_per_cell is not None else per_cell
-        if nq < 1:
-            raise SynthesisError(f"--quiz-per-cell {nq}: must be >= 1")
         plan = [(cell, seeds()) for cell in cells for _ in range(nq)]
         order = np.random.default_rng(seed).permutation(len(plan))
         width = max(3, len(str(len(plan))))
@@ -172,6 +189,12 @@ def make_teaching_set(
             w.writerow([r["number"], *[""] * len(names)])
         atomic_write_text(out / "answers_template.csv", buf.getvalue())
     space.save(out / "conditions.yaml")
+    info = {"per_cell": per_cell, "seed": seed, "quiz": quiz, "quiz_per_cell": nq if quiz else None,
+            "age_factor": roles.age, "steps": steps, "exclude": {k: sorted(v) for k, v in exclude.items()},
+            "psi": renderer.psi, "noise_mode": renderer.noise_mode, **settings,
+            "gallery": {"|".join(c): v for c, v in gallery.items()}, "morphs": [m[1] for m in morphs],
+            "quiz_files": [r["file"] for r in quiz_rows]}
+    atomic_write_text(out / "teach.json", json.dumps(info, indent=2, default=str) + "\n")
     return TeachResult(out, gallery, [m[1] for m in morphs], quiz_rows)
 
 
