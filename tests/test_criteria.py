@@ -224,3 +224,35 @@ def test_cli_new_options_reach_options_json(small_dataset, tmp_path):
     assert r.exit_code != 0 and "--aux-weight" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(train, args + ["--cond-ramp", "5"])
     assert r.exit_code != 0 and "START,END" in r.output
+
+
+def test_adc_mode_uses_real_and_fake_slots_per_level():
+    import numpy as np
+
+    space = _space()
+    torch.manual_seed(2)
+    labels = [{"disease": d, "age": a} for d, a in zip(space.factor("disease").levels, space.factor("age").levels)]
+    c = torch.from_numpy(np.stack([space.encode(x) for x in labels])).float()
+    logits = {f.name: torch.randn(len(labels), 2 * f.size) for f in space.factors}
+    crit = AuxClassifierLoss(space, weight=1.0, mode="adc")
+    y = {f.name: c[:, sl].argmax(1) for f, sl in space.blocks()}
+    ce = lambda f, k: F.cross_entropy(logits[f], k, reduction="none")  # noqa: E731
+    real, _ = crit(logits, c, role="D_real")
+    fake, _ = crit(logits, c, role="D_fake")
+    gen, acc = crit(logits, c, role="G")
+    assert torch.allclose(real, sum(ce(f, 2 * y[f]) for f in y))
+    assert torch.allclose(fake, sum(ce(f, 2 * y[f] + 1) for f in y))
+    assert torch.allclose(gen, sum(ce(f, 2 * y[f]) - ce(f, 2 * y[f] + 1) for f in y))
+    assert all(a.shape == (len(labels),) for a in acc.values())
+    D = Discriminator(space=space, img_resolution=16, channel_base=128, channel_max=16, aux_heads="adc")
+    out = D(torch.randn(2, 3, 16, 16), c[:2], parts=True)
+    assert {k: v.shape[1] for k, v in out["aux"].items()} == {"disease": 8, "age": 10}
+    with pytest.raises(ValueError):
+        AuxClassifierLoss(space, 1.0, mode="bogus")
+
+
+def test_adc_training_logs_the_fake_term(small_dataset):
+    t = Trainer(small_space_opts(small_dataset, kimg=0.008, aux_weight=1.0, aux_mode="adc"), None)
+    last = t.train()
+    assert {"loss/aux_D_fake", "loss/aux_G", "aux_acc/real_age"} <= set(last)
+    assert t.D.config()["aux_heads"] == "adc"

@@ -724,7 +724,7 @@ class Discriminator(_Configurable, nn.Module):
         mbstd_group_size: int | None = 4,
         mbstd_num_channels: int = 1,
         mapping_kwargs: Mapping | None = None,
-        aux_heads: bool = False,
+        aux_heads: bool | str = False,
         uncond_head: bool = False,
     ):
         super().__init__()
@@ -737,7 +737,7 @@ class Discriminator(_Configurable, nn.Module):
         )
         # Optional heads are recorded only when on, so configs of plain networks stay as they were.
         if aux_heads:
-            init["aux_heads"] = True
+            init["aux_heads"] = aux_heads
         if uncond_head:
             init["uncond_head"] = True
         self.init_kwargs = _plain(init)
@@ -773,10 +773,14 @@ class Discriminator(_Configurable, nn.Module):
         if (aux_heads or uncond_head) and self.c_dim == 0:
             raise ValueError("aux_heads and uncond_head need a conditional discriminator (a condition space)")
         # Auxiliary classifier (AC-GAN family): one linear head per factor on the epilogue's
-        # features, predicting that factor's level.
+        # features, predicting that factor's level; "adc" doubles the outputs (real and fake
+        # version of every level, ADC-GAN).
+        if aux_heads not in (False, True, "ac", "adc"):
+            raise ValueError(f"aux_heads must be False, True, 'ac' or 'adc', got {aux_heads!r}")
         self.aux_factors: tuple[str, ...] = tuple(f.name for f in space.factors) if aux_heads else ()
         if aux_heads:
-            self.aux = nn.ModuleDict({f.name: FullyConnectedLayer(channels[4], f.size) for f in space.factors})
+            per_level = 2 if aux_heads == "adc" else 1
+            self.aux = nn.ModuleDict({f.name: FullyConnectedLayer(channels[4], per_level * f.size) for f in space.factors})
         # Transitional conditioning: an unconditional realness logit beside the projection one.
         if uncond_head:
             self.uncond = FullyConnectedLayer(channels[4], 1)

@@ -103,6 +103,7 @@ def resolve_options(params: dict, given: set[str], imageset=None):
                  "affected_fraction"):
         setattr(o, name, params[name])
     o.aux_weight = params["aux_weight"]
+    o.aux_mode = params["aux_mode"]
     o.lecam_weight = params["lecam"]
     if params["cond_ramp"] is not None:
         o.cond_start_kimg, o.cond_end_kimg = params["cond_ramp"]
@@ -189,6 +190,9 @@ def _check_resume_overrides(stored, params: dict, given: set[str], fresh) -> Non
               help="Tie a level's embedding to the mean of others, e.g. stage:intermediate=early+late (repeatable).")
 @click.option("--aux-weight", type=float, default=0.0,
               help="Auxiliary classifier on D's features (one head per factor, AC-GAN); its weight in D's and G's loss. 0 = off.")
+@click.option("--aux-mode", type=click.Choice(["ac", "adc"]), default="ac",
+              help="ac: the heads predict the level; adc: a real and a fake output per level (ADC-GAN), so G cannot "
+                   "satisfy the classifier with artefacts.")
 @click.option("--cond-ramp", callback=_parse_ramp, default=None, metavar="START,END",
               help="Transitional conditioning: unconditional until START kimg, label weight ramped to 1 by END kimg.")
 @click.option("--lecam", type=float, default=0.0, help="LeCam regulariser weight on D's outputs (limited data). 0 = off.")

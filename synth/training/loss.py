@@ -167,7 +167,7 @@ class StyleGAN2Loss:
             stats["scores/fake"] = out["logits"].detach().float()
             if self.aux is not None:
                 # G is rewarded when D's classifier recognises the labels it was asked for.
-                aux_G, acc = self.aux(out["aux"], gen_c)
+                aux_G, acc = self.aux(out["aux"], gen_c, role="G")
                 loss_G = loss_G + aux_G
                 stats["loss/aux_G"] = aux_G.detach()
                 stats.update({f"aux_acc/fake_{f}": a for f, a in acc.items()})
@@ -200,6 +200,10 @@ class StyleGAN2Loss:
                 out = self.run_D(gen_img, gen_c, update_emas=True)
             loss_Dgen = self._logistic(out, 1.0)  # -log(1 - sigmoid(D(G(z))))
             stats["loss/D_fake"] = loss_Dgen.detach()
+            if self.aux is not None and self.aux.mode == "adc":
+                aux_Df, _ = self.aux(out["aux"], gen_c, role="D_fake")  # D learns G's images as "fake y"
+                loss_Dgen = loss_Dgen + aux_Df
+                stats["loss/aux_D_fake"] = aux_Df.detach()
             if self.lecam is not None:
                 lc = self.lecam.fake_term(self._realness(out))
                 loss_Dgen = loss_Dgen + lc
@@ -224,7 +228,7 @@ class StyleGAN2Loss:
                 if self.aux is not None:
                     # D's classifier learns the levels from real images only, so it cannot
                     # learn to recognise G's artefacts instead of the condition.
-                    aux_D, acc = self.aux(out["aux"], real_c)
+                    aux_D, acc = self.aux(out["aux"], real_c, role="D_real")
                     loss = loss + aux_D
                     stats["loss/aux_D"] = aux_D.detach()
                     stats.update({f"aux_acc/real_{f}": a for f, a in acc.items()})

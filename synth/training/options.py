@@ -67,6 +67,7 @@ class TrainingOptions:
     ada_kimg: float = 500.0
     # conditioning with little data (each off by default; see synth/training/criteria/)
     aux_weight: float = 0.0  # auxiliary classifier on D's features, one head per factor (AC-GAN)
+    aux_mode: str = "ac"  # "ac": levels only; "adc": a real and a fake output per level (ADC-GAN)
     cond_start_kimg: float | None = None  # transitional conditioning: unconditional until here ...
     cond_end_kimg: float | None = None  # ... then the label's weight ramps linearly to 1 by here
     lecam_weight: float = 0.0  # LeCam regulariser on D's outputs
@@ -140,6 +141,8 @@ class TrainingOptions:
             bad("gamma", f"{self.gamma} must be >= 0")
         if self.aux_weight < 0:
             bad("aux_weight", f"{self.aux_weight} must be >= 0")
+        if self.aux_mode not in ("ac", "adc"):
+            bad("aux_mode", f"{self.aux_mode!r}: choose ac or adc")
         if self.lecam_weight < 0:
             bad("lecam_weight", f"{self.lecam_weight} must be >= 0")
         if not 0.0 <= self.lecam_decay < 1.0:

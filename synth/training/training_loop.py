@@ -208,7 +208,7 @@ class Trainer:
         if o.cmap_dim is not None:
             d["cmap_dim"] = o.cmap_dim
         if o.aux_weight > 0:
-            d["aux_heads"] = True
+            d["aux_heads"] = True if o.aux_mode == "ac" else o.aux_mode
         if o.transitional:
             d["uncond_head"] = True
         return g, d
@@ -269,7 +269,7 @@ class Trainer:
 
         self.loss = StyleGAN2Loss(
             self.G, self.D, self.augment_pipe, loss_opts, ada=self.ada, autocast=autocast, scaler=self.scaler,
-            aux=AuxClassifierLoss(self.space, o.aux_weight) if o.aux_weight > 0 else None,
+            aux=AuxClassifierLoss(self.space, o.aux_weight, o.aux_mode) if o.aux_weight > 0 else None,
             lecam=LeCam(o.lecam_weight, o.lecam_decay, device=self.device) if o.lecam_weight > 0 else None,
             transitional=o.transitional,
         )
