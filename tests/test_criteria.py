@@ -256,3 +256,21 @@ def test_adc_training_logs_the_fake_term(small_dataset):
     last = t.train()
     assert {"loss/aux_D_fake", "loss/aux_G", "aux_acc/real_age"} <= set(last)
     assert t.D.config()["aux_heads"] == "adc"
+
+
+def test_compile_routes_main_passes_through_compiled_modules_and_keeps_regularisers_eager(small_dataset, monkeypatch):
+    calls = []
+    real_compile = torch.compile
+
+    def aot_eager(module, **kw):
+        calls.append(type(module).__name__)
+        # aot_eager uses AOT autograd like inductor (so a regulariser's double backward through
+        # a compiled graph would fail here too) without inductor's slow code generation.
+        return real_compile(module, **{**kw, "backend": "aot_eager"})
+
+    monkeypatch.setattr(torch, "compile", aot_eager)
+    t = Trainer(small_space_opts(small_dataset, kimg=0.008, compile=True, g_reg_interval=2, d_reg_interval=2), None)
+    assert sorted(calls) == ["Discriminator", "SynthesisNetwork"]
+    assert t.loss._D_main is not t.D and t.loss._synthesis_main is not t.G.synthesis
+    last = t.train()  # two minibatches: main passes compiled, R1 and path length eager
+    assert "loss/r1_penalty" in last and "loss/pl_penalty" in last
