@@ -274,3 +274,24 @@ def test_compile_routes_main_passes_through_compiled_modules_and_keeps_regularis
     assert t.loss._D_main is not t.D and t.loss._synthesis_main is not t.G.synthesis
     last = t.train()  # two minibatches: main passes compiled, R1 and path length eager
     assert "loss/r1_penalty" in last and "loss/pl_penalty" in last
+
+
+def test_resume_keeps_the_judges_unless_given_again(small_dataset, tmp_path):
+    from click.testing import CliRunner
+
+    from synth.training.cli import train
+    from tests.test_monitor import save_judge
+    from tests.test_training import TINY_CLI
+
+    space = Trainer(small_space_opts(small_dataset), None).space
+    judge = save_judge(tmp_path / "judge", ["disease"], space.factor("disease").levels)
+    r = CliRunner().invoke(train, ["--data", str(small_dataset), "--out", str(tmp_path / "runs"), *TINY_CLI, "--kimg", "0.008",
+                                   "--judge", str(judge), "--metrics-every", "0.008", "--judge-per-cell", "1"])
+    assert r.exit_code == 0, r.output
+    run = next((tmp_path / "runs").iterdir())
+    r = CliRunner().invoke(train, ["--resume", str(run), "--kimg", "0.016", "--time-limit", "5", "--threads", "1", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    o = json.loads((run / "options.json").read_text())
+    assert o["judge"] == [str(judge.resolve())] and o["metrics_every"] == 0.008 and o["time_limit"] == 5
+    rows = [json.loads(x) for x in (run / "stats.jsonl").read_text().splitlines()]
+    assert [("metric/judge/disease" in x) for x in rows] == [True, True]

@@ -130,14 +130,16 @@ def _parse_ramp(ctx, param, value):
     return start, end
 
 
-def _apply_runtime(o, params: dict) -> None:
-    """Options that may change on resume (speed and fidelity monitoring)."""
-    o.compile = params["compile"]
-    o.threads = params["threads"]
-    o.judge = [str(Path(j).resolve()) for j in params["judge"]]
-    o.metrics_every = params["metrics_every"]
-    o.judge_per_cell = params["judge_per_cell"]
-    o.time_limit = params["time_limit"]
+_RUNTIME = ("compile", "threads", "judge", "metrics_every", "judge_per_cell", "time_limit")
+
+
+def _apply_runtime(o, params: dict, only: set[str] | None = None) -> None:
+    """Options that may change on resume (speed and fidelity monitoring); ``only``: just these."""
+    for name in _RUNTIME:
+        if only is not None and name not in only:
+            continue  # a resumed run keeps what it had unless the option is given again
+        value = params[name]
+        setattr(o, name, [str(Path(j).resolve()) for j in value] if name == "judge" else value)
 
 
 def _check_resume_overrides(stored, params: dict, given: set[str], fresh) -> None:
@@ -276,8 +278,7 @@ def train(ctx: click.Context, **params) -> None:
             for name, cli in (("kimg", "kimg"), ("tick_kimg", "tick"), ("snap", "snap"), ("device", "device"), ("precision", "precision")):
                 if cli in given:
                     setattr(opts, name, params[cli])
-            if given & {"compile", "threads", "judge", "metrics_every", "judge_per_cell", "time_limit"}:
-                _apply_runtime(opts, params)
+            _apply_runtime(opts, params, only=given & set(_RUNTIME))
             if "data" in given:
                 opts.data = str(Path(params["data"]).resolve())
             opts.progress = not params["no_progress"]
@@ -293,6 +294,12 @@ def train(ctx: click.Context, **params) -> None:
             desc = f"{dataname}-{'-'.join(opts.cond)}-{opts.preset}-{opts.resolution}"
             run_dir = next_run_dir(params["out"], re.sub(r"[^A-Za-z0-9_.-]", "_", desc))
         opts.validate()
+        world = int(os.environ.get("WORLD_SIZE", 1))
+        if opts.batch % world:
+            # Checked before the process group starts; every rank fails, only rank 0 says why.
+            if int(os.environ.get("RANK", 0)) != 0:
+                raise SystemExit(1)
+            raise TrainingError(f"--batch {opts.batch} must be divisible by the {world} processes")
     except (TrainingError, CheckpointError, DatasetError, ConditionError, ValueError) as e:
         raise click.ClickException(str(e).splitlines()[0]) from None
 
