@@ -75,3 +75,18 @@ def tiny_generator(space, seed: int = 0):
             if name.endswith("noise_strength"):
                 p.fill_(0.3)
     return G.eval()
+
+
+def save_judge(path, factors, class_names, seed=0, model="small_cnn_s", size=16):
+    """A random-init classifier checkpoint that ``load_judges`` reads (a real judge, untrained)."""
+    import torch
+
+    from classifiers.checkpoint import save_classifier
+    from classifiers.models import create_model
+
+    torch.manual_seed(seed)
+    net = create_model(model, num_classes=len(class_names))
+    meta = {"model": model, "class_names": list(class_names),
+            "target": {"factors": list(factors), "class_names": list(class_names)}, "size": size, "in_chans": 3,
+            "normalisation": {"mean": [0.5] * 3, "std": [0.5] * 3}}
+    return save_classifier(path, net, meta)

@@ -30,6 +30,7 @@ import pytest
 import torch
 
 from synth.training.checkpoint import load_checkpoint
+from tests.test_training import small_dataset  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -60,16 +61,6 @@ def _run(cmd, tmp_path, timeout=120, **env):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         e.pop(k, None)
     return subprocess.run(cmd, cwd=tmp_path, env=e, capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture
-def small_dataset(tmp_path):
-    from tests.helpers import grid_rows, write_tiny_dataset
-
-    rows = grid_rows(["syndrome_a", "unaffected"], ["infant", "child", "adolescent"], per_cell=2)
-    schema = "factors:\n- {name: disease, levels: [syndrome_a, unaffected], embed_dim: 8, control: unaffected}\n" \
-             "- {name: age, levels: [infant, child, adolescent], embed_dim: 8}\n"
-    return write_tiny_dataset(tmp_path / "ds", rows, schema=schema)
 
 
 def _stats(run: Path) -> list[dict]:

@@ -9,23 +9,12 @@ from synth.conditions import ConditionSpace
 from synth.quality.errors import QualityError
 from synth.quality.fidelity import Judge
 from synth.training.monitor import FidelityMonitor
-from tests.helpers import tiny_generator
+from tests.helpers import save_judge, tiny_generator  # noqa: F401  (save_judge: used by other tests too)
 
 SPACE = ConditionSpace.default(["disease", "age"], embed_total=32)  # 4 x 5 = 20 cells
 JOINT = tuple("|".join(c) for c in SPACE.cells())
 
 
-def save_judge(path, factors, class_names, seed=0):
-    """A random-init small_cnn_s checkpoint (a real judge: loaded through load_judges)."""
-    from classifiers.checkpoint import save_classifier
-    from classifiers.models import create_model
-
-    torch.manual_seed(seed)
-    model = create_model("small_cnn_s", num_classes=len(class_names))
-    meta = {"model": "small_cnn_s", "class_names": list(class_names),
-            "target": {"factors": list(factors), "class_names": list(class_names)}, "size": 16, "in_chans": 3,
-            "normalisation": {"mean": [0.5] * 3, "std": [0.5] * 3}}
-    return save_classifier(path, model, meta)
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,13 @@ import json
 import numpy as np
 import pytest
 import torch
+
 from click.testing import CliRunner
 
 from synth.conditions import ConditionSpace
 from synth.quality.errors import QualityError
 from tests.helpers import grid_rows, write_tiny_dataset
+from tests.helpers import save_judge as _save_judge
 
 SPACE = ConditionSpace.default(["disease", "age"], embed_total=32)
 TINY_BACKBONE = "test_resnet"
@@ -26,15 +28,7 @@ def tiny_generator(space: ConditionSpace, seed: int = 0):
 
 
 def save_judge(path, factors, class_names, seed=0):
-    from classifiers.checkpoint import save_classifier
-    from classifiers.models import create_model
-
-    torch.manual_seed(seed)
-    model = create_model("test_efficientnet", num_classes=len(class_names))
-    meta = {"model": "test_efficientnet", "class_names": list(class_names),
-            "target": {"factors": list(factors), "class_names": list(class_names)}, "size": 32, "in_chans": 3,
-            "normalisation": {"mean": [0.5] * 3, "std": [0.5] * 3}}
-    return save_classifier(path, model, meta)
+    return _save_judge(path, factors, class_names, seed=seed, model="test_efficientnet", size=32)
 
 
 def joint_classes(space, factors):

@@ -64,10 +64,24 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def bench_train(resolution=32, batch=16, channel_base=4096, channel_max=128, map_layers=2, iters=16, warmup=2,
-                device="cpu", precision="fp32", z_dim=512, seed=0) -> dict:
+def _time_steps(trainer, iters: int, warmup: int, device: str) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of ``iters`` training minibatches after ``warmup`` untimed ones."""
     import torch
 
+    for _ in range(warmup):
+        trainer.step()
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    _sync(device)
+    t0, c0 = time.perf_counter(), time.process_time()
+    for _ in range(iters):
+        trainer.step()
+    _sync(device)
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def bench_train(resolution=32, batch=16, channel_base=4096, channel_max=128, map_layers=2, iters=16, warmup=2,
+                device="cpu", precision="fp32", z_dim=512, seed=0) -> dict:
     from synth.training.stats import peak_memory_mb
     from synth.training.training_loop import Trainer
 
@@ -76,18 +90,9 @@ def bench_train(resolution=32, batch=16, channel_base=4096, channel_max=128, map
         opts = _options(resolution, batch, channel_base, channel_max, map_layers, device, precision, z_dim)
         opts.seed = seed
         t = Trainer(opts, None, imageset=imageset)
-        for _ in range(warmup):
-            t.step()
         # Any 16 consecutive minibatches hold 4 G-reg and 1 D-reg passes: use --iters 16k
         # for a representative mix of lazy phases.
-        if device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
-        _sync(device)
-        t0, c0 = time.perf_counter(), time.process_time()
-        for _ in range(iters):
-            t.step()
-        _sync(device)
-        dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+        dt, cpu = _time_steps(t, iters, warmup, device)
         return {
             "mode": "train", "resolution": resolution, "batch": batch, "iters": iters,
             "img_per_s": round(iters * batch / dt, 2), "sec_per_kimg": round(dt / (iters * batch) * 1000, 2),
@@ -121,14 +126,7 @@ def bench_preset(preset="cpu", resolution=32, iters=32, warmup=4, device="cpu", 
         for k, v in overrides.items():
             setattr(opts, k, v)
         t = Trainer(opts, None, imageset=imageset)
-        for _ in range(warmup):
-            t.step()
-        _sync(device)
-        t0, c0 = time.perf_counter(), time.process_time()
-        for _ in range(iters):
-            t.step()
-        _sync(device)
-        dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+        dt, cpu = _time_steps(t, iters, warmup, device)
         n = iters * opts.batch
         return {
             "mode": "preset", "preset": preset, **({"overrides": overrides} if overrides else {}),
