@@ -109,7 +109,7 @@ class TrainingOptions:
 
     def validate(self) -> None:
         # fields whose command-line option has another name
-        cli = {"tick_kimg": "tick", "lecam_weight": "lecam", "snap": "snap"}
+        cli = {"tick_kimg": "tick", "lecam_weight": "lecam"}
 
         def bad(opt: str, msg: str):
             raise TrainingError(f"--{cli.get(opt, opt).replace('_', '-')}: {msg}")
