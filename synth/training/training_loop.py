@@ -25,6 +25,7 @@ import torch
 
 from synth.conditions import ConditionSpace, parse_tie
 from synth.training.checkpoint import CheckpointError, ModuleEntry, load_checkpoint, load_state_strict, save_checkpoint
+from synth.training.criteria import AuxClassifierLoss, LeCam, ramp_weight
 from synth.training.grids import grid_latents, grid_layout, render_fakes, render_reals
 from synth.training.loss import LossOptions, StyleGAN2Loss, lazy_correction
 from synth.training.options import TrainingDiverged, TrainingError, TrainingOptions
@@ -114,16 +115,16 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
+        self.cur_nimg = 0
+        self.cur_tick = 0
+        self.batch_idx = 0
+        self.tick_start_nimg = 0
         _seed_all(opts.seed * self.world + self.rank)
         self.np_rng = np.random.default_rng([opts.seed, self.rank])
         self._setup_ddp()
         self._setup_data(imageset)
         self._setup_networks()
         self._setup_training()
-        self.cur_nimg = 0
-        self.cur_tick = 0
-        self.batch_idx = 0
-        self.tick_start_nimg = 0
         self.elapsed = 0.0  # training seconds before this process (for the log)
         self.best_judge: float | None = None  # best judge/mean so far (best.ckpt holds that state)
         self._setup_monitor()
@@ -265,8 +266,6 @@ class Trainer:
             pl_decay=o.pl_decay,
             reuse_fakes=o.reuse_fakes,
         )
-        from synth.training.criteria import AuxClassifierLoss, LeCam
-
         self.loss = StyleGAN2Loss(
             self.G, self.D, self.augment_pipe, loss_opts, ada=self.ada, autocast=autocast, scaler=self.scaler,
             aux=AuxClassifierLoss(self.space, o.aux_weight, o.aux_mode) if o.aux_weight > 0 else None,
@@ -282,9 +281,7 @@ class Trainer:
         o = self.opts
         if not o.transitional:
             return 1.0
-        from synth.training.criteria import ramp_weight
-
-        return ramp_weight(self.cur_nimg / 1000 if hasattr(self, "cur_nimg") else 0.0, o.cond_start_kimg, o.cond_end_kimg)
+        return ramp_weight(self.cur_nimg / 1000, o.cond_start_kimg, o.cond_end_kimg)
 
     def _set_cond_weight(self) -> None:
         t = self.cond_weight()
@@ -365,7 +362,6 @@ class Trainer:
     # ---- one minibatch --------------------------------------------------------------------------
     def step(self) -> None:
         o = self.opts
-        self._set_cond_weight()
         real_img, real_c = self._next_reals()
         for ph in self.phases:
             if self.batch_idx % ph.interval != 0:
