@@ -15,6 +15,8 @@ _EXPORTS = {
     "build_arms": "plan",
     "AblationResult": "runner",
     "run_ablation": "runner",
+    "report_only": "runner",
+    "load_plan": "runner",
     "ablation_statistics": "stats",
     "write_report": "report",
 }

@@ -29,7 +29,8 @@ def _psi(ctx, param, value):
 
 
 @click.command("ablate", context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
-@click.option("--data", required=True, type=click.Path(path_type=Path), help="Labelled dataset folder or .zip.")
+@click.option("--data", default=None, type=click.Path(path_type=Path),
+              help="Labelled dataset folder or .zip (required unless --report-only).")
 @click.option("--cond", default="disease,age", help="Factors of the data (and of the generator).")
 @click.option("--types", "types", default=DEFAULT_TYPES,
               help="Synthetic image types, comma separated; blended:0.75 sets the mix of one blended arm.")
@@ -41,6 +42,9 @@ def _psi(ctx, param, value):
 @click.option("--gan-kimg", type=float, default=2.0, callback=_positive, help="Length of each per-fold GAN training (short CPU default).")
 @click.option("--gan-resolution", type=int, default=32, help="Resolution of the per-fold GANs.")
 @click.option("--gan-preset", type=click.Choice(["cpu", "auto", "paper256", "stylegan2"]), default="cpu", help="Per-fold GAN preset.")
+@click.option("--gan-option", "gan_options", multiple=True, metavar="KEY=VALUE",
+              help="Override one training option of the per-fold GANs (repeat), e.g. aux_weight=1 aux_mode=adc "
+                   "lecam_weight=0.01 (the recipe of the bundled generator; names as in options.json).")
 @click.option("--ratio", "ratios", type=float, multiple=True,
               help="Synthetic images per study-rule count (repeat for a sweep). Default 1.0.")
 @click.option("--mix", "mixes", type=float, multiple=True, help="Disease weight of plain 'blended' arms. Default 0.55.")
@@ -64,6 +68,17 @@ def _psi(ctx, param, value):
 @click.option("--aug", type=click.Choice(["faces", "skin", "none"]), default="faces", help="Classifier augmentation.")
 @click.option("--test-data", type=click.Path(path_type=Path), default=None, help="Fixed test set scored by every fold model.")
 @click.option("--seed", type=int, default=0, help="Seed of folds, GANs, synthetic images and classifiers.")
+@click.option("--seeds", "n_seeds", type=click.IntRange(min=1), default=1,
+              help="Classifier seeds per (fold, arm); a fold's score is their mean (more seeds: narrower intervals). "
+                   "Raising it on a finished folder trains only the new seeds.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch CPU threads of this worker (e.g. 1 per worker when several share a machine).")
+@click.option("--claim-timeout", type=float, default=600.0, callback=_positive,
+              help="Seconds without a heartbeat after which another worker takes a cell over (a dead worker's).")
+@click.option("--no-wait", is_flag=True,
+              help="Exit when every remaining cell is held by other workers, without the report (see --report-only).")
+@click.option("--report-only", is_flag=True,
+              help="Train nothing: write the report of the finished ablation in --out (its plan.json gives the settings).")
 @click.option("--device", default="cpu", help="cpu, cuda or cuda:N.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder (finished cells are reused).")
 @click.option("--force", is_flag=True, help="Delete this folder's earlier ablation outputs and rerun everything.")
@@ -83,12 +98,16 @@ def ablate(**p) -> None:
                    --ratio 0.5 --ratio 1 --ratio 2 --test-data faces_test/ --out abl/
 
     \b
-    Resuming and sharing: every finished (fold, arm) is cached under OUT/cells/; rerunning
-    the same command continues where a killed run stopped. Several processes may run the
-    same command on one OUT at once: each cell is claimed by one of them (a .lock file),
-    the others take other cells and wait for the rest. Adding types or ratios to a finished
-    folder trains only the new arms. --force wipes the folder's ablation outputs first;
-    never combine it with another running process.
+    Resuming and sharing: every finished (fold, arm, seed) is cached under OUT/cells/;
+    rerunning the same command continues where a killed run stopped. Several processes (on
+    one machine or on several sharing a file system, e.g. a SLURM array) may run the same
+    command on one OUT at once: each fold GAN, synthetic set and cell is claimed by one of
+    them (a .lock file with a heartbeat); a claim whose worker died is taken over (at once on
+    the same host, after --claim-timeout elsewhere). Workers wait for each other and each
+    writes the same report; with --no-wait they exit instead, and `synth ablate --report-only
+    --out OUT` writes it later. Adding types, ratios or seeds to a finished folder trains only
+    the new cells. --force wipes the folder's ablation outputs first; never combine it with
+    another running process.
 
     Writes report.md, results.json, per_arm.csv, per_cell.csv and gain.png.
     """
@@ -96,8 +115,21 @@ def ablate(**p) -> None:
     from classifiers.models import ModelError, check_model_name
     from classifiers.train import TrainConfig
     from synth.ablation.plan import AblationConfig, AblationError, build_arms
-    from synth.ablation.runner import run_ablation
+    from synth.ablation.runner import report_only, run_ablation
 
+    if p["threads"]:
+        import torch
+
+        torch.set_num_threads(p["threads"])
+    if p["report_only"]:
+        try:
+            result = report_only(p["out"])
+        except (AblationError, ClassifierDataError, ModelError) as e:
+            raise click.ClickException(str(e).splitlines()[0]) from None
+        _summary(result)
+        return
+    if p["data"] is None:
+        raise click.UsageError("Missing option '--data'")
     if p["gan_per_fold"] and p["network"] is not None:
         raise click.UsageError("--network and --gan-per-fold exclude each other; choose one")
     if not p["gan_per_fold"] and p["network"] is None:
@@ -120,19 +152,45 @@ def ablate(**p) -> None:
             device=p["device"], progress=not p["no_progress"],
         )
         config = AblationConfig(
-            data=str(p["data"]), cond=[c.strip() for c in p["cond"].split(",") if c.strip()],
+            data=str(p["data"].resolve()), cond=[c.strip() for c in p["cond"].split(",") if c.strip()],
             types=[t.strip() for t in p["types"].split(",") if t.strip()], ratios=list(p["ratios"]) or [1.0],
-            k=p["k"], gan_per_fold=p["gan_per_fold"], network=str(p["network"]) if p["network"] else None,
+            k=p["k"], gan_per_fold=p["gan_per_fold"], network=str(p["network"].resolve()) if p["network"] else None,
             gan_kimg=p["gan_kimg"], gan_resolution=p["gan_resolution"], gan_preset=p["gan_preset"],
-            target=p["target"], train=train, test_data=str(p["test_data"]) if p["test_data"] else None,
+            target=p["target"], train=train, test_data=str(p["test_data"].resolve()) if p["test_data"] else None,
             seed=p["seed"], psi=p["psi"], mixes=list(p["mixes"]) or [0.55], exclude=list(p["exclude"]) or None,
-            device=p["device"], progress=not p["no_progress"],
+            device=p["device"], progress=not p["no_progress"], gan_options=_gan_options(p["gan_options"]),
+            seeds=p["n_seeds"], stale_after=p["claim_timeout"], wait=not p["no_wait"],
         )
         result = run_ablation(config, p["out"], force=p["force"])
     except (AblationError, ClassifierDataError, ModelError) as e:
         raise click.ClickException(str(e).splitlines()[0]) from None
+    if result.results is None:
+        click.echo(f"{len(result.trained)} cell(s) trained; the rest are held by other workers. "
+                   f"When all are done: synth ablate --report-only --out {result.out_dir}")
+        return
+    _summary(result)
+
+
+def _gan_options(items) -> dict:
+    """KEY=VALUE strings -> {key: value}; values are read as JSON (numbers, true, null) or text."""
+    import json
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint="--gan-option")
+        try:
+            out[key.strip()] = json.loads(value)
+        except ValueError:
+            out[key.strip()] = value
+    return out
+
+
+def _summary(result) -> None:
     st = result.results["cv"]["statistics"]["accuracy"]
-    click.echo(f"{len(result.trained)} cell(s) trained, {len(result.arms) * st['k'] - len(result.trained)} from cache")
+    n_cells = len(result.arms) * st["k"] * result.results.get("seeds", 1)
+    click.echo(f"{len(result.trained)} cell(s) trained, {n_cells - len(result.trained)} from cache")
     for arm, e in st["arms"].items():
         d = e.get("difference")
         gain = "" if d is None else f"  gain {100 * d['mean']:+.1f} pts [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}]"

@@ -14,9 +14,12 @@ from pathlib import Path
 from synth.ablation.cache import read_json, try_claim, write_json
 from synth.ablation.plan import AblationConfig, AblationError
 
-__all__ = ["check_generator_space", "fold_gan_options", "ensure_fold_gan", "load_fold_generator"]
+__all__ = ["check_generator_space", "fold_gan_options", "fold_gan_done", "ensure_fold_gan", "load_fold_generator"]
 
 POLL_SECONDS = 2.0
+# Set by the ablation itself (the fold's data, its length, its seed) or meaningless for a fold
+# GAN: a time limit would mark a half-trained GAN as finished.
+_NOT_GAN_OPTIONS = ("data", "cond", "kimg", "seed", "time_limit", "judge", "metrics_every", "judge_per_cell", "device")
 
 
 def check_generator_space(gspace, dspace, where: str) -> None:
@@ -45,13 +48,15 @@ def fold_gan_options(config: AblationConfig, fold: int):
         preset=config.gan_preset, z_dim=pre.z_dim, w_dim=pre.w_dim, map_layers=pre.map_layers,
         channel_base=pre.channel_base, channel_max=pre.channel_max, mbstd_group=pre.mbstd_group, cmap_dim=pre.cmap_dim,
         batch=pre.batch, lr=pre.lr, gamma=pre.gamma, ema_kimg=pre.ema_kimg, ema_rampup=pre.ema_rampup,
-        kimg=config.gan_kimg, tick_kimg=min(pre.tick_kimg, config.gan_kimg), snap=10**6,
+        pl_weight=pre.pl_weight, ada_kimg=pre.ada_kimg, reuse_fakes=pre.reuse_fakes,
+        # snapshots at the preset's interval, so a killed (or time-limited) fold GAN resumes
+        kimg=config.gan_kimg, tick_kimg=min(pre.tick_kimg, config.gan_kimg), snap=pre.snap,
         seed=config.seed + fold, device=config.device, progress=config.progress,
     )
     known = {f.name for f in dataclasses.fields(TrainingOptions)}
     for key, value in config.gan_options.items():
-        if key not in known:
-            raise AblationError(f"gan option {key!r} is not a training option")
+        if key not in known or key in _NOT_GAN_OPTIONS:
+            raise AblationError(f"--gan-option {key}: not a per-fold GAN training option")
         setattr(opts, key, value)
     try:
         opts.validate()
@@ -60,11 +65,21 @@ def fold_gan_options(config: AblationConfig, fold: int):
     return opts
 
 
-def ensure_fold_gan(config: AblationConfig, fold: int, train_set, out: Path, log=None) -> Path:
+def fold_gan_done(out: Path, fold: int) -> Path | None:
+    """The finished snapshot of fold ``fold``'s GAN, or None."""
+    run_dir = out / "gans" / f"fold{fold}"
+    done = read_json(run_dir / "generator.json")
+    if done is not None and (run_dir / done["snapshot"]).is_file():
+        return run_dir / done["snapshot"]
+    return None
+
+
+def ensure_fold_gan(config: AblationConfig, fold: int, train_set, out: Path, log=None, wait: bool = True) -> Path | None:
     """Snapshot path of fold ``fold``'s GAN, training it on ``train_set`` if not cached.
 
     ``gans/fold{f}/generator.json`` marks a finished GAN.  Another process training the same
-    fold's GAN is waited for; a killed training restarts from its last snapshot.
+    fold's GAN is waited for (``wait``; else None is returned at once); a killed training
+    restarts from its last snapshot.
     """
     from synth.training.checkpoint import CheckpointError
     from synth.training.training_loop import Trainer, TrainingError, find_snapshot
@@ -72,17 +87,19 @@ def ensure_fold_gan(config: AblationConfig, fold: int, train_set, out: Path, log
     run_dir = out / "gans" / f"fold{fold}"
     marker = run_dir / "generator.json"
     while True:
-        done = read_json(marker)
-        if done is not None and (run_dir / done["snapshot"]).is_file():
-            return run_dir / done["snapshot"]
-        claim = try_claim(out / "gans" / f"fold{fold}.lock")
+        snap = fold_gan_done(out, fold)
+        if snap is not None:
+            return snap
+        claim = try_claim(out / "gans" / f"fold{fold}.lock", stale_after=config.stale_after)
         if claim is None:
+            if not wait:
+                return None
             time.sleep(POLL_SECONDS)  # another process is training this GAN
             continue
         with claim:
-            done = read_json(marker)
-            if done is not None and (run_dir / done["snapshot"]).is_file():
-                return run_dir / done["snapshot"]
+            snap = fold_gan_done(out, fold)
+            if snap is not None:
+                return snap
             opts = fold_gan_options(config, fold)
             try:
                 trainer = Trainer(opts, run_dir, imageset=train_set, log=log or (lambda m: None))

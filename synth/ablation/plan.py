@@ -15,9 +15,13 @@ from typing import Any, Sequence
 from classifiers.train import TrainConfig
 from synth.synthesis.labels import PRODUCT_TYPES
 
-__all__ = ["AblationError", "AblationConfig", "Arm", "parse_type_token", "build_arms", "REFERENCE_ARM"]
+__all__ = ["AblationError", "AblationConfig", "Arm", "parse_type_token", "build_arms", "REFERENCE_ARM",
+           "GAN_RUNTIME_OPTIONS"]
 
 REFERENCE_ARM = "real"
+# Per-fold GAN options that change how fast it trains, not what it learns: may differ
+# between the workers (and sessions) that share an output folder.
+GAN_RUNTIME_OPTIONS = ("threads", "progress", "compile")
 
 
 class AblationError(ValueError):
@@ -48,7 +52,9 @@ class AblationConfig:
     Generator: ``gan_per_fold`` trains one GAN per fold on that fold's training images only;
     otherwise ``network`` is used for every fold (if it was trained on all images, held-out
     images leaked into it).  ``gan_options`` overrides single :class:`TrainingOptions`
-    fields of the per-fold GANs (e.g. a tiny architecture).
+    fields of the per-fold GANs (e.g. a tiny architecture or the conditioning recipe).
+    ``seeds`` classifiers with different seeds are trained per (fold, arm); their mean is the
+    fold's score, which takes the classifier's own seed noise out of the comparison.
     """
 
     data: str
@@ -62,6 +68,9 @@ class AblationConfig:
     gan_resolution: int = 32
     gan_preset: str = "cpu"
     gan_options: dict[str, Any] = field(default_factory=dict)
+    seeds: int = 1
+    stale_after: float = 600.0  # seconds without heartbeat before another worker takes a claim over
+    wait: bool = True  # a worker with nothing left to claim waits for the others, then writes the report
     target: str = "disease"
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         model="small_cnn", size=32, epochs=15, batch=32, lr=3e-3, optimizer="adamw", weight_decay=0.01))
@@ -83,12 +92,22 @@ class AblationConfig:
                 d[key] = list(d[key])
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "AblationConfig":
+        """The inverse of :meth:`to_dict` (``plan.json``'s ``config``)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known and k != "train"}
+        tknown = {f.name for f in dataclasses.fields(TrainConfig)}
+        kw["train"] = TrainConfig(**{k: v for k, v in d.get("train", {}).items() if k in tknown})
+        return cls(**kw)
+
     def fingerprint(self) -> dict[str, Any]:
         """The settings finished cells depend on.  Arms (types, ratios) may be added to an
         existing output folder; anything else must match what the folder was made with."""
         d = self.to_dict()
-        for key in ("types", "ratios", "progress", "device", "gen_batch"):
+        for key in ("types", "ratios", "seeds", "progress", "device", "gen_batch", "stale_after", "wait"):
             d.pop(key)
+        d["gan_options"] = {k: v for k, v in d["gan_options"].items() if k not in GAN_RUNTIME_OPTIONS}
         d["train"] = {k: v for k, v in d["train"].items() if k not in ("progress", "device", "num_workers", "eval_batch")}
         return json.loads(json.dumps(d))  # as stored in plan.json (tuples become lists)
 

@@ -7,17 +7,22 @@ Layout of the output folder::
     gans/fold{f}/             per-fold GAN run (with --gan-per-fold)
     synthetic/fold{f}/{arm}/  that fold's synthetic training images (a dataset folder)
     cells/fold{f}/{arm}.json  finished cell: held-out (and test) predictions and metrics
+                              (classifier seed r > 0: {arm}.seed{r}.json)
     report.md, results.json, per_arm.csv, per_cell.csv, gain.png
 
 Synthetic images of fold f are generated from fold f's training-fold cell counts and only
 ever join fold f's training images, never a held-out fold.  Each finished cell is cached;
 a killed run resumes with the unfinished cells, and several processes may work on one
-folder at the same time (each cell is claimed by one process, see :mod:`.cache`).
+folder at the same time (each GAN, synthetic set and cell is claimed by one process, see
+:mod:`.cache`; a dead worker's claims are taken over).  With ``seeds`` > 1 every (fold, arm)
+is trained with that many classifier seeds; a fold's score is their mean.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
+import socket
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -28,10 +33,11 @@ import numpy as np
 
 from classifiers.train import train_classifier
 from synth.ablation.cache import read_json, try_claim, write_json
-from synth.ablation.gan import ensure_fold_gan, fold_gan_options, load_fold_generator
+from synth.ablation.gan import ensure_fold_gan, fold_gan_done, fold_gan_options, load_fold_generator
 from synth.ablation.plan import REFERENCE_ARM, AblationConfig, AblationError, Arm, build_arms
 
-__all__ = ["AblationResult", "run_ablation", "check_out_dir", "prepare_out_dir", "cell_path"]
+__all__ = ["AblationResult", "run_ablation", "report_only", "load_plan", "check_out_dir", "prepare_out_dir", "cell_path",
+           "classifier_seed"]
 
 POLL_SECONDS = 2.0
 _OUTPUTS = ("plan.json", "folds.csv", "gans", "synthetic", "cells", "report.md", "results.json", "per_arm.csv",
@@ -43,8 +49,8 @@ class AblationResult:
     out_dir: Path
     arms: list[Arm]
     folds: np.ndarray
-    results: dict  # the content of results.json
-    trained: list[tuple[int, str]] = field(default_factory=list)  # cells this call trained (the rest came from the cache)
+    results: dict | None  # the content of results.json (None: other workers still hold cells)
+    trained: list[tuple[int, str, int]] = field(default_factory=list)  # (fold, arm, seed) cells this call trained
 
 
 def _sha256(path: str | None) -> str | None:
@@ -53,8 +59,14 @@ def _sha256(path: str | None) -> str | None:
     return file_sha256(path) if path and Path(path).is_file() else None
 
 
-def cell_path(out: Path, fold: int, arm: str) -> Path:
-    return out / "cells" / f"fold{fold}" / f"{arm}.json"
+def cell_path(out: Path, fold: int, arm: str, seed: int = 0) -> Path:
+    """Result file of cell (fold, arm) with classifier seed index ``seed``."""
+    return out / "cells" / f"fold{fold}" / (f"{arm}.json" if seed == 0 else f"{arm}.seed{seed}.json")
+
+
+def classifier_seed(base: int, fold: int, seed: int) -> int:
+    # Same initialisation for every arm of a fold and seed index, so arms stay paired.
+    return base + fold + 1000 * seed
 
 
 # ----------------------------------------------------------------------------------------
@@ -77,6 +89,10 @@ def _check_config(config: AblationConfig) -> list[Arm]:
             raise AblationError(f"--network {config.network}: checkpoint not found")
     if not config.gan_kimg > 0:
         raise AblationError(f"--gan-kimg {config.gan_kimg}: must be > 0")
+    if not (isinstance(config.seeds, int) and config.seeds >= 1):
+        raise AblationError(f"--seeds {config.seeds}: must be a whole number >= 1")
+    if not config.stale_after > 0:
+        raise AblationError(f"--claim-timeout {config.stale_after}: must be > 0")
     if not (np.isfinite(config.psi) and config.psi >= 0):
         raise AblationError(f"--psi {config.psi}: must be a finite number >= 0 (1 = no truncation)")
     return build_arms(config.types, config.ratios, config.mixes)
@@ -197,7 +213,7 @@ class _Run:
             raise AblationError(str(e).splitlines()[0]) from None
         self._check_roles()
         self._generators: dict[int, tuple[Any, Any]] = {}
-        self.trained: list[tuple[int, str]] = []
+        self.trained: list[tuple[int, str, int]] = []
 
     def write_folds(self) -> None:
         """Write folds.csv if this run made the folds (after :func:`prepare_out_dir`)."""
@@ -235,10 +251,27 @@ class _Run:
         from synth.synthesis.generate import generate_products
 
         d = self.out / "synthetic" / f"fold{fold}" / arm.name
-        if (d / "labels.csv").is_file():  # written last: the set is complete
-            return _open(d, None, f"synthetic set {d}")
-        if d.exists():
-            shutil.rmtree(d)  # left over from a killed run
+        while True:
+            if (d / "labels.csv").is_file():  # written last: the set is complete
+                return _open(d, None, f"synthetic set {d}")
+            claim = try_claim(d.with_name(d.name + ".lock"), stale_after=self.config.stale_after)
+            if claim is not None:
+                break
+            time.sleep(POLL_SECONDS)  # another worker is generating it (a few seconds)
+        with claim:
+            if (d / "labels.csv").is_file():
+                return _open(d, None, f"synthetic set {d}")
+            if d.exists():
+                shutil.rmtree(d)  # left over from a killed run
+            self._generate(fold, arm, d)
+        return _open(d, None, f"synthetic set {d}")
+
+    def _generate(self, fold: int, arm: Arm, d: Path) -> None:
+        from synth.conditions import ConditionError
+        from synth.synthesis.counts import parse_exclusions, resolve_roles, study_counts
+        from synth.synthesis.errors import SynthesisError
+        from synth.synthesis.generate import generate_products
+
         G, gspace = self.generator(fold)
         names = list(gspace.names)
         counts_in = {c: 0 for c in gspace.cells()}
@@ -259,7 +292,6 @@ class _Run:
             )
         except (ConditionError, SynthesisError) as e:
             raise AblationError(f"{arm.name}, fold {fold}: {str(e).splitlines()[0]}") from None
-        return _open(d, None, f"synthetic set {d}")
 
     def seed_base(self, fold: int, arm: Arm) -> int:
         # Same start for every ratio of one type (a larger ratio's images include a smaller
@@ -268,7 +300,7 @@ class _Run:
         return (self.config.seed * 1_000_003 + fold * 10_000_019 + t * 100_003) % (2**31 - 10**6)
 
     # ---- one cell --------------------------------------------------------------------------
-    def run_cell(self, fold: int, arm: Arm) -> dict:
+    def run_cell(self, fold: int, arm: Arm, seed: int = 0) -> dict:
         from classifiers import metrics
         from classifiers.data import ClassifierDataError, LabelledImages, encode_images
         from classifiers.ensemble import predict_probs
@@ -289,10 +321,11 @@ class _Run:
             parts.append(enc)
         train = LabelledImages.concat(parts)
         val = self.own.take(val_idx)
-        fcfg = dataclasses.replace(self.tc, seed=self.tc.seed + fold)  # same init for every arm of a fold
+        fcfg = dataclasses.replace(self.tc, seed=classifier_seed(self.tc.seed, fold, seed))
         res = train_classifier(
             train, val, self.target, fcfg, out_dir=None, class_weight=self.class_weight,
-            meta_extra={"fold": fold, "arm": arm.name}, desc=f"fold {fold} {arm.name}",
+            meta_extra={"fold": fold, "arm": arm.name, "seed_index": seed},
+            desc=f"fold {fold} {arm.name}" + (f" seed {seed}" if self.config.seeds > 1 else ""),
         )
         norm = res.meta["normalisation"]
         device = next(res.model.parameters()).device
@@ -303,7 +336,9 @@ class _Run:
         m = metrics.evaluate(probs, val.targets, names, cells=[self.cells[i] for i in val_idx],
                              cell_names=self.cell_factors, cell_order=self.cell_order)
         rec = {
-            "fold": fold, "arm": arm.to_dict(), "class_names": names, "n_train_real": int(len(train_idx)),
+            "fold": fold, "arm": arm.to_dict(), "seed_index": seed, "classifier_seed": fcfg.seed,
+            "worker": {"host": socket.gethostname(), "pid": os.getpid()},
+            "class_names": names, "n_train_real": int(len(train_idx)),
             "n_synthetic": n_syn, "best_epoch": res.best_epoch,
             "val": {"files": [self.imageset[i].file for i in val_idx], "probs": np.round(probs, 6).tolist(), "metrics": m},
             "test": None,
@@ -316,36 +351,66 @@ class _Run:
         return rec
 
     # ---- scheduling --------------------------------------------------------------------------
-    def run_all(self) -> None:
+    def todo(self) -> list[tuple[int, Arm, int]]:
+        return [(f, a, r) for f in range(self.k) for a in self.arms for r in range(self.config.seeds)]
+
+    def missing(self) -> list[tuple[int, Arm, int]]:
+        return [c for c in self.todo() if not cell_path(self.out, c[0], c[1].name, c[2]).is_file()]
+
+    def train_gans(self) -> None:
+        """Train every fold GAN no other worker is training (those are left to their owners)."""
+        if not self.config.gan_per_fold:
+            return
+        for fold in range(self.k):
+            if fold_gan_done(self.out, fold) is None:
+                train_set = self.imageset.subset(np.flatnonzero(self.folds != fold))
+                ensure_fold_gan(self.config, fold, train_set, self.out, wait=False)
+
+    def _ready(self, fold: int, arm: Arm) -> bool:
+        """Whether the cell can start now (a cell needing a GAN another worker trains waits)."""
+        return arm.is_reference or not self.config.gan_per_fold or fold_gan_done(self.out, fold) is not None \
+            or (self.out / "synthetic" / f"fold{fold}" / arm.name / "labels.csv").is_file()
+
+    def run_all(self) -> bool:
+        """Train this worker's share of the cells; True when every cell exists at the end
+        (with ``wait`` it waits for cells claimed by other workers)."""
         from tqdm.auto import tqdm
 
-        todo = [(f, a) for f in range(self.k) for a in self.arms]
-        pending = [c for c in todo if not cell_path(self.out, c[0], c[1].name).is_file()]
+        todo = self.todo()
+        self.train_gans()
+        pending = self.missing()
         bar = tqdm(total=len(todo), initial=len(todo) - len(pending), desc="ablation", unit="cell",
                    disable=not self.config.progress)
         try:
             while pending:
                 waiting = []
-                for fold, arm in pending:
-                    path = cell_path(self.out, fold, arm.name)
+                for fold, arm, r in pending:
+                    path = cell_path(self.out, fold, arm.name, r)
                     if path.is_file():
                         bar.update(1)
                         continue
-                    claim = try_claim(path.with_suffix(".lock"))
+                    if not self._ready(fold, arm):
+                        waiting.append((fold, arm, r))
+                        continue
+                    claim = try_claim(path.with_suffix(".lock"), stale_after=self.config.stale_after)
                     if claim is None:
-                        waiting.append((fold, arm))  # another process works on it
+                        waiting.append((fold, arm, r))  # another process works on it
                         continue
                     with claim:
                         if not path.is_file():  # finished by someone else meanwhile?
-                            bar.set_postfix_str(f"fold {fold} {arm.name}")
-                            write_json(path, self.run_cell(fold, arm))
-                            self.trained.append((fold, arm.name))
+                            bar.set_postfix_str(f"fold {fold} {arm.name}" + (f" seed {r}" if self.config.seeds > 1 else ""))
+                            write_json(path, self.run_cell(fold, arm, r))
+                            self.trained.append((fold, arm.name, r))
                     bar.update(1)
                 pending = waiting
                 if pending:
+                    if not self.config.wait:
+                        return False
+                    self.train_gans()  # a fold GAN whose worker died is taken over here
                     time.sleep(POLL_SECONDS)
         finally:
             bar.close()
+        return True
 
     # ---- collecting --------------------------------------------------------------------------
     def collect(self) -> dict:
@@ -362,39 +427,54 @@ class _Run:
         n_train = float(len(self.folds) - n_test)
         acc, bal, correct, oof_metrics, fold_rows = {}, {}, {}, {}, {}
         t_acc, t_bal, t_correct, t_metrics = {}, {}, {}, {}
+        n_seeds = self.config.seeds
+        seed_sd: dict[str, float | None] = {}
         for arm in self.arms:
             oof = np.zeros_like(targets)
-            recs = []
+            by_fold: list[list[dict]] = []  # [fold][seed] records
             model_probs = []
             for f in range(self.k):
-                rec = read_json(cell_path(self.out, f, arm.name))
-                if rec is None:
-                    raise AblationError(f"cell fold {f} / {arm.name} has no result")
-                if rec["class_names"] != names:
-                    raise AblationError(f"{cell_path(self.out, f, arm.name)}: classes differ from this run; use --force")
                 idx = np.flatnonzero(self.folds == f)
-                if rec["val"]["files"] != [files[i] for i in idx]:
-                    raise AblationError(f"{cell_path(self.out, f, arm.name)}: held-out images differ from folds.csv; use --force")
-                oof[idx] = np.asarray(rec["val"]["probs"], dtype=np.float32)
-                recs.append(rec)
-                if self.test is not None:
-                    if rec.get("test") is None:
-                        raise AblationError(f"{cell_path(self.out, f, arm.name)}: has no test predictions; use --force")
-                    model_probs.append(np.asarray(rec["test"]["probs"], dtype=np.float32))
-            acc[arm.name] = [r["val"]["metrics"]["accuracy"] for r in recs]
-            bal[arm.name] = [r["val"]["metrics"]["balanced_accuracy"] for r in recs]
+                seed_recs = []
+                for r in range(n_seeds):
+                    path = cell_path(self.out, f, arm.name, r)
+                    rec = read_json(path)
+                    if rec is None:
+                        raise AblationError(f"cell fold {f} / {arm.name}" + (f" / seed {r}" if r else "") + " has no result")
+                    if rec["class_names"] != names:
+                        raise AblationError(f"{path}: classes differ from this run; use --force")
+                    if rec["val"]["files"] != [files[i] for i in idx]:
+                        raise AblationError(f"{path}: held-out images differ from folds.csv; use --force")
+                    if self.test is not None:
+                        if rec.get("test") is None:
+                            raise AblationError(f"{path}: has no test predictions; use --force")
+                        model_probs.append(np.asarray(rec["test"]["probs"], dtype=np.float32))
+                    seed_recs.append(rec)
+                # the seeds' mean probabilities: one ensemble prediction per held-out image
+                oof[idx] = np.mean([np.asarray(rec["val"]["probs"], dtype=np.float32) for rec in seed_recs], axis=0)
+                by_fold.append(seed_recs)
+
+            def fold_mean(recs, scope, metric):
+                return float(np.mean([rec[scope]["metrics"][metric] for rec in recs]))
+
+            acc[arm.name] = [fold_mean(rs, "val", "accuracy") for rs in by_fold]
+            bal[arm.name] = [fold_mean(rs, "val", "balanced_accuracy") for rs in by_fold]
+            # spread between classifier seeds within a fold, averaged over folds
+            seed_sd[arm.name] = (float(np.mean([np.std([rec["val"]["metrics"]["accuracy"] for rec in rs], ddof=1)
+                                                for rs in by_fold])) if n_seeds > 1 else None)
             correct[arm.name] = oof.argmax(1) == y
             oof_metrics[arm.name] = metrics.evaluate(oof, targets, names, cells=self.cells, cell_names=self.cell_factors,
                                                      cell_order=self.cell_order)
             fold_rows[arm.name] = [
-                {"fold": r["fold"], "accuracy": r["val"]["metrics"]["accuracy"],
-                 "balanced_accuracy": r["val"]["metrics"]["balanced_accuracy"], "n_synthetic": r["n_synthetic"],
-                 "best_epoch": r["best_epoch"]} for r in recs
+                {"fold": f, "accuracy": acc[arm.name][f], "balanced_accuracy": bal[arm.name][f],
+                 "seed_accuracies": [rec["val"]["metrics"]["accuracy"] for rec in rs],
+                 "n_synthetic": rs[0]["n_synthetic"], "best_epoch": [rec["best_epoch"] for rec in rs]}
+                for f, rs in enumerate(by_fold)
             ]
             if self.test is not None:
                 ens = gated_average(np.stack(model_probs)).probs
-                t_acc[arm.name] = [r["test"]["metrics"]["accuracy"] for r in recs]
-                t_bal[arm.name] = [r["test"]["metrics"]["balanced_accuracy"] for r in recs]
+                t_acc[arm.name] = [fold_mean(rs, "test", "accuracy") for rs in by_fold]
+                t_bal[arm.name] = [fold_mean(rs, "test", "balanced_accuracy") for rs in by_fold]
                 t_correct[arm.name] = ens.argmax(1) == self.test.targets.argmax(1)
                 t_metrics[arm.name] = metrics.evaluate(ens, self.test.targets, names, cells=self.test_cells,
                                                        cell_names=self.cell_factors, cell_order=self.cell_order)
@@ -409,6 +489,7 @@ class _Run:
             "k": self.k,
             "fold_sizes": sizes.tolist(),
             "n_images": len(self.imageset),
+            "seeds": n_seeds,
             "generator": {
                 "mode": "per_fold" if cfg.gan_per_fold else "shared",
                 "network": cfg.network,
@@ -429,6 +510,7 @@ class _Run:
         }
         for arm in self.arms:  # pooled balanced accuracy of the out-of-fold (ensemble) predictions
             results["cv"]["statistics"]["balanced_accuracy"]["arms"][arm.name]["pooled"] = oof_metrics[arm.name]["balanced_accuracy"]
+            results["cv"]["statistics"]["accuracy"]["arms"][arm.name]["seed_sd"] = seed_sd[arm.name]
         if self.test is not None:
             results["test"] = {
                 "n_images": len(self.test_set),
@@ -444,10 +526,12 @@ class _Run:
 
 
 def run_ablation(config: AblationConfig, out_dir: str | Path, force: bool = False) -> AblationResult:
-    """Run (or resume) the ablation described by ``config`` in ``out_dir``; see the module doc.
+    """Run (or resume, or share with other workers) the ablation ``config`` in ``out_dir``.
 
     Finished cells found in ``out_dir`` are reused unless ``force``, which deletes every
     earlier output of the folder first (never use it while another process works there).
+    With ``config.wait`` False, a worker that finds only cells other workers hold returns
+    without a report (``results`` is None); ``report_only`` writes it once all cells exist.
     """
     from synth.ablation.report import write_report
 
@@ -461,7 +545,45 @@ def run_ablation(config: AblationConfig, out_dir: str | Path, force: bool = Fals
 
         clear_image_cache()  # regenerated synthetic images reuse file names
     run.write_folds()
-    run.run_all()
+    if not run.run_all():
+        return AblationResult(out, arms, run.folds, None, run.trained)
     results = run.collect()
     write_report(out, results)
     return AblationResult(out, arms, run.folds, results, run.trained)
+
+
+def load_plan(out_dir: str | Path) -> AblationConfig:
+    """The configuration an ablation folder was made with (its ``plan.json``)."""
+    out = Path(out_dir)
+    plan = read_json(out / "plan.json") if out.is_dir() else None
+    if plan is None or "config" not in plan:
+        raise AblationError(f"--out {out}: holds no ablation (plan.json missing)")
+    try:
+        return AblationConfig.from_dict(plan["config"])
+    except (TypeError, ValueError) as e:
+        raise AblationError(f"{out / 'plan.json'}: not a valid ablation plan ({str(e).splitlines()[0]})") from None
+
+
+def report_only(out_dir: str | Path, config: AblationConfig | None = None) -> AblationResult:
+    """Write the report of the finished ablation in ``out_dir`` (trains nothing).
+
+    ``config`` defaults to the folder's ``plan.json`` (with more seeds, types or ratios given,
+    those cells must exist too)."""
+    from synth.ablation.report import write_report
+
+    out = Path(out_dir)
+    config = config or load_plan(out)
+    config.progress = False
+    arms = _check_config(config)
+    check_out_dir(out, config, force=False)
+    if not (out / "folds.csv").is_file():
+        raise AblationError(f"--out {out}: has no folds.csv; no worker has started this ablation")
+    run = _Run(config, out, arms, reuse=True)
+    missing = run.missing()
+    if missing:
+        f, a, r = missing[0]
+        raise AblationError(f"--report-only: {len(missing)} of {len(run.todo())} cells are not finished "
+                            f"(first: fold {f} / {a.name}" + (f" / seed {r}" if r else "") + "); run the workers first")
+    results = run.collect()
+    write_report(out, results)
+    return AblationResult(out, arms, run.folds, results, [])
