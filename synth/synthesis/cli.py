@@ -205,16 +205,20 @@ def generate(ptype, out, data, per_cell, factor, steps, age_from, age_to, mixes,
 @click.option("--frames", type=int, default=60, show_default=True, help="Frames of the GIF/MP4 animation (eased in/out).")
 @click.option("--fps", type=float, default=20.0, show_default=True, help="Animation frame rate.")
 @click.option("--no-video", is_flag=True, help="Strips and contact sheet only.")
+@click.option("--html", is_flag=True, help="Also write viewer.html: one self-contained page, a slider per seed (frames embedded).")
+@click.option("--html-frames", type=click.IntRange(min=2), default=21, show_default=True,
+              help="Evenly spaced frames per seed in viewer.html.")
 @truncation_option(0.7, "psi toward the per-condition average w (a finite number >= 0; 1 = none).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
 @_common
 @_one_line_errors
-def morph(start, end, factor, disease, steps, seeds, frames, fps, no_video, psi, out,
+def morph(start, end, factor, disease, steps, seeds, frames, fps, no_video, html, html_frames, psi, out,
           network, noise_mode, batch, device, mean_w_samples, force, quiet):
     """Morph one identity from one level to another (e.g. infant to older adult).
 
     Per seed: a labelled keyframe strip (morph_sSEED.png), an animated GIF and MP4; plus
     contact_sheet.png of all seeds.  End frames are exactly the pure-condition images.
+    --html adds viewer.html (slider, condition mix, keys; opens from disk).
     morph.json records the settings, the network and its SHA-256.
     """
     from synth.synthesis.manifest import prepare_out_dir
@@ -231,8 +235,8 @@ def morph(start, end, factor, disease, steps, seeds, frames, fps, no_video, psi,
     spec = resolve_morph(space, _default_factor(space, factor), start, end, disease)
     out = prepare_out_dir(out, force)
     write_morphs(rend, space, spec, seed_list, out, steps=steps, frames=frames, fps=fps, video=not no_video, progress=not quiet,
-                 settings=net)
-    click.echo(f"wrote {len(seed_list)} morph(s) {spec.start} -> {spec.end} to {out}")
+                 settings=net, viewer=html, viewer_frames=html_frames)
+    click.echo(f"wrote {len(seed_list)} morph(s) {spec.start} -> {spec.end} to {out}" + (f" (viewer: {out / 'viewer.html'})" if html else ""))
 
 
 # ----------------------------------------------------------------------------------------
@@ -303,13 +307,18 @@ def teach():
 @click.option("--factor", default=None, help="Ordinal factor of the morph strips (default: age, else the first ordinal factor).")
 @click.option("--steps", type=int, default=5, show_default=True, help="Keyframes per morph strip.")
 @click.option("--exclude-level", "exclude", multiple=True, help="FACTOR=LEVEL to leave out (repeatable).")
+@click.option("--no-html", is_flag=True, help="Skip viewer.html (the interactive morph viewer and self-check quiz).")
+@click.option("--html-frames", type=click.IntRange(min=2), default=21, show_default=True,
+              help="Evenly spaced frames per morph in viewer.html.")
 @truncation_option(0.7, "psi toward the per-condition average w (a finite number >= 0; 1 = none).")
 @_common
 @_one_line_errors
-def teach_make(per_cell, out, quiz, quiz_per_cell, seed, factor, steps, exclude, psi,
+def teach_make(per_cell, out, quiz, quiz_per_cell, seed, factor, steps, exclude, no_html, html_frames, psi,
                network, noise_mode, batch, device, mean_w_samples, force, quiet):
     """Write a teaching gallery (index.html), morph strips and optionally a quiz.
 
+    viewer.html (unless --no-html) has a slider per morph and, with --quiz, the quiz images
+    with answers hidden until Reveal (a self-check: the answers are inside the page).
     teach.json (and the foot of index.html) names the generator and its SHA-256."""
     from synth.synthesis.counts import parse_exclusions
     from synth.synthesis.manifest import prepare_out_dir
@@ -322,8 +331,10 @@ def teach_make(per_cell, out, quiz, quiz_per_cell, seed, factor, steps, exclude,
     excl = parse_exclusions(list(exclude), space) if exclude else {}
     out = prepare_out_dir(out, force)
     res = make_teaching_set(rend, space, out, per_cell, seed=seed, quiz=quiz, quiz_per_cell=quiz_per_cell,
-                            age_factor=fac, steps=steps, exclude=excl, progress=not quiet, settings=net)
-    click.echo(f"wrote {out / 'index.html'}" + (f" and a {len(res.quiz)}-image quiz ({out / 'quiz.html'})" if quiz else ""))
+                            age_factor=fac, steps=steps, exclude=excl, progress=not quiet, settings=net,
+                            viewer=not no_html, viewer_frames=html_frames)
+    click.echo(f"wrote {out / 'index.html'}" + (f" and a {len(res.quiz)}-image quiz ({out / 'quiz.html'})" if quiz else "")
+               + (f"; viewer: {out / res.viewer}" if res.viewer else ""))
 
 
 @teach.command("score")

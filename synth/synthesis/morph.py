@@ -117,13 +117,21 @@ def write_morphs(
     video: bool = True,
     progress: bool = True,
     settings: Mapping[str, Any] | None = None,
+    viewer: bool = False,
+    viewer_frames: int = 21,
 ) -> dict:
     """Per seed: ``morph_s<seed>.png`` strip (+ ``.gif``/``.mp4``); ``contact_sheet.png``; ``morph.json``.
 
     ``settings`` (e.g. :func:`~synth.synthesis.network.network_record`: the network's path
-    and SHA-256) are recorded in ``morph.json`` too."""
+    and SHA-256) are recorded in ``morph.json`` too.  ``viewer``: also ``viewer.html``, the
+    interactive viewer (:mod:`synth.synthesis.viewer`), a slider over ``viewer_frames`` evenly
+    spaced frames per seed."""
+    from synth.synthesis.viewer import frame_times, generator_note, morph_card, write_viewer
+
     out = Path(out)
-    strips, titles, files = [], [], []
+    if viewer:
+        frame_times(viewer_frames)  # a bad count stops before anything is rendered
+    strips, titles, files, cards = [], [], [], []
     caps = keyframe_captions(spec, steps)
     fixed = ", ".join(f"{k}={v}" for k, v in spec.fixed.items())
     for seed in tqdm(list(seeds), desc="morph", unit="seed", disable=not progress):
@@ -139,8 +147,16 @@ def write_morphs(
         strips.append(strip)
         titles.append(f"seed {seed}" + (f"  ({fixed})" if fixed else ""))
         files.append(entry)
+        if viewer:
+            cards.append(morph_card(renderer, space, spec, int(seed), viewer_frames))
     save_png(contact_sheet(strips, titles), out / "contact_sheet.png")
     info = {"factor": spec.factor, "from": spec.start, "to": spec.end, "fixed": spec.fixed, "steps": steps,
             "frames": frames if video else 0, "fps": fps, "psi": renderer.psi, "noise_mode": renderer.noise_mode, **dict(settings or {}), "seeds": files}
+    if viewer:
+        write_viewer(out / "viewer.html", cards, title=f"Morph: {spec.factor} {spec.start} to {spec.end}" + (f" ({fixed})" if fixed else ""),
+                     intro=f"Each card is one identity (seed); its slider moves the {spec.factor} label from {spec.start} to {spec.end} "
+                           f"in {viewer_frames} evenly spaced frames, the other factors fixed.",
+                     footer=generator_note(settings or {}))
+        info.update({"viewer": "viewer.html", "viewer_frames": viewer_frames})
     atomic_write_text(out / "morph.json", json.dumps(info, indent=2) + "\n")
     return info

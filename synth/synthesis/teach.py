@@ -2,7 +2,9 @@
 
 Everything is static files: ``index.html`` (inline CSS, relative image paths) opens from a
 USB stick; ``quiz.html`` shows shuffled unlabelled images; ``answer_key.csv`` stays with the
-teacher; :func:`score_quiz` grades a respondent's CSV per factor and per cell.
+teacher; :func:`score_quiz` grades a respondent's CSV per factor and per cell;
+``viewer.html`` (:mod:`synth.synthesis.viewer`, every image embedded) has a slider per morph and,
+with a quiz, the quiz images with answers hidden until "Reveal" (a self-check).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from synth.synthesis.errors import SynthesisError
 from synth.synthesis.labels import SeedStream
 from synth.synthesis.morph import keyframe_captions, render_morph, resolve_morph
 from synth.synthesis.render import labelled_strip, save_png
+from synth.synthesis.viewer import DEFAULT_FRAMES, frame_times, generator_note, labels_caption, morph_card, quiz_card, write_viewer
 from synth.utils.io import atomic_write_text
 
 __all__ = ["TeachResult", "make_teaching_set", "score_quiz", "read_answer_key", "write_report"]
@@ -46,6 +49,7 @@ class TeachResult:
     gallery: dict  # cell -> list of relative paths
     morphs: list[str]
     quiz: list[dict]
+    viewer: str | None = None  # "viewer.html" when written
 
 
 def _page(title: str, body: str) -> str:
@@ -61,13 +65,8 @@ def _img(rel: str, alt: str) -> str:
 
 def _generator_html(settings: Mapping[str, Any]) -> str:
     """The foot of a page: which generator made its images (path, kimg, SHA-256)."""
-    if not settings.get("network"):
-        return ""
-    kimg = settings.get("network_kimg")
-    sha = settings.get("network_sha256")
-    text = f"Generator: {settings['network']}" + (f", {kimg:g} kimg" if isinstance(kimg, (int, float)) else "") + \
-        (f", SHA-256 {sha}" if sha else "")
-    return f'<p class="generator"><small>{html.escape(text)}</small></p>'
+    text = generator_note(settings)
+    return f'<p class="generator"><small>{html.escape(text)}</small></p>' if text else ""
 
 
 def _gallery_html(space: ConditionSpace, gallery: dict, morphs: list[tuple[str, str]], row_f: str | None, col_f: str | None) -> str:
@@ -115,13 +114,18 @@ def make_teaching_set(
     exclude: dict | None = None,
     progress: bool = True,
     settings: Mapping[str, Any] | None = None,
+    viewer: bool = True,
+    viewer_frames: int = DEFAULT_FRAMES,
 ) -> TeachResult:
     """Gallery (``gallery/``, ``index.html``), morph strips (``morphs/``) and, with ``quiz``,
-    ``quiz/NNN.png``, ``quiz.html``, ``answer_key.csv`` and ``answers_template.csv``; last
-    ``teach.json``: the options, ``settings`` (e.g. the network's path and SHA-256, also shown
-    at the foot of index.html) and the files written."""
+    ``quiz/NNN.png``, ``quiz.html``, ``answer_key.csv`` and ``answers_template.csv``; with
+    ``viewer`` the interactive ``viewer.html`` (a slider over ``viewer_frames`` frames of each morph,
+    and the quiz with hidden answers); last ``teach.json``: the options, ``settings`` (e.g. the
+    network's path and SHA-256, also shown at the foot of index.html) and the files written."""
     if per_cell < 1:
         raise SynthesisError(f"--per-cell {per_cell}: must be >= 1")
+    if viewer:
+        frame_times(viewer_frames)  # a bad count stops before anything is written
     nq = quiz_per_cell if quiz_per_cell is not None else per_cell
     if quiz and nq < 1:  # checked before the gallery is written
         raise SynthesisError(f"--quiz-per-cell {nq}: must be >= 1")
@@ -146,6 +150,7 @@ def make_teaching_set(
         gallery[cell] = rels
 
     morphs: list[tuple[str, str]] = []
+    cards = []
     if roles.age is not None:
         others = [None] if roles.disease is None else [d for d in space.factor(roles.disease).levels if d not in exclude.get(roles.disease, ())]
         for d in others:
@@ -155,9 +160,13 @@ def make_teaching_set(
             rel = f"morphs/{d or roles.age}_s{s}.png"
             save_png(labelled_strip(list(keys), keyframe_captions(spec, steps)), out / rel)
             morphs.append((f"{d + ': ' if d else ''}{spec.start} to {spec.end} (seed {s})", rel))
+            if viewer:
+                cards.append(morph_card(renderer, space, spec, s, viewer_frames, title=f"{d or spec.factor} (seed {s})"))
 
     row_f, col_f = (roles.disease, roles.age) if roles.disease and roles.age else (None, None)
-    atomic_write_text(out / "index.html", _page("Teaching set", _gallery_html(space, gallery, morphs, row_f, col_f)
+    link = '<p><a href="viewer.html">Interactive viewer</a> (a slider per morph' + (", and the quiz" if quiz else "") + ")</p>\n" \
+        if viewer and (cards or quiz) else ""
+    atomic_write_text(out / "index.html", _page("Teaching set", link + _gallery_html(space, gallery, morphs, row_f, col_f)
                                                 + "\n" + _generator_html(settings)))
 
     quiz_rows: list[dict] = []
@@ -165,11 +174,14 @@ def make_teaching_set(
         plan = [(cell, seeds()) for cell in cells for _ in range(nq)]
         order = np.random.default_rng(seed).permutation(len(plan))
         width = max(3, len(str(len(plan))))
+        quiz_imgs = []
         for num, k in enumerate(tqdm(order, desc="quiz", unit="img", disable=not progress), start=1):
             cell, s = plan[int(k)]
             img = renderer.images([s], space.encode(dict(zip(names, cell)))[None], noise_seed=s)[0]
             rel = f"quiz/{num:0{width}d}.png"
             save_png(img, out / rel)
+            if viewer:
+                quiz_imgs.append(img)
             quiz_rows.append({"number": num, "file": rel, **dict(zip(names, cell)), "seed": s})
         figs = "".join(f'<figure>{_img(r["file"], "quiz image " + str(r["number"]))}<figcaption>{r["number"]}</figcaption></figure>' for r in quiz_rows)
         levels = "".join(f"<li><b>{html.escape(f.name)}</b>: {html.escape(', '.join(f.levels))}</li>" for f in space.factors)
@@ -188,14 +200,26 @@ def make_teaching_set(
         for r in quiz_rows:
             w.writerow([r["number"], *[""] * len(names)])
         atomic_write_text(out / "answers_template.csv", buf.getvalue())
+        if viewer:
+            n = len(quiz_rows)
+            cards.append(quiz_card(quiz_imgs, [labels_caption(r, names) for r in quiz_rows],
+                                   [f"image {r['number']} of {n} ({r['file']})" for r in quiz_rows],
+                                   subtitle="Possible answers\n" + "\n".join(f"{f.name}: {', '.join(f.levels)}" for f in space.factors)))
+    if viewer and cards:
+        write_viewer(out / "viewer.html", cards, title="Teaching set: interactive viewer",
+                     intro="Morph cards move one identity's label along the slider; the mix of the shown frame is printed under it."
+                     + (" The quiz card shows the quiz images in answer-sheet order, each answer hidden until Reveal." if quiz else ""),
+                     footer=generator_note(settings))
     space.save(out / "conditions.yaml")
     info = {"per_cell": per_cell, "seed": seed, "quiz": quiz, "quiz_per_cell": nq if quiz else None,
             "age_factor": roles.age, "steps": steps, "exclude": {k: sorted(v) for k, v in exclude.items()},
             "psi": renderer.psi, "noise_mode": renderer.noise_mode, **settings,
             "gallery": {"|".join(c): v for c, v in gallery.items()}, "morphs": [m[1] for m in morphs],
-            "quiz_files": [r["file"] for r in quiz_rows]}
+            "quiz_files": [r["file"] for r in quiz_rows],
+            "viewer": "viewer.html" if viewer and cards else None,
+            "viewer_frames": viewer_frames if viewer and cards else None}
     atomic_write_text(out / "teach.json", json.dumps(info, indent=2, default=str) + "\n")
-    return TeachResult(out, gallery, [m[1] for m in morphs], quiz_rows)
+    return TeachResult(out, gallery, [m[1] for m in morphs], quiz_rows, info["viewer"])
 
 
 # ----------------------------------------------------------------------------------------
