@@ -33,6 +33,8 @@ CASES: dict[str, tuple[list[str], int, str]] = {
                  "--network {tmp}/missing: checkpoint not found"),
     "morph": (["--network", MISSING, "--out", "{tmp}/o"], 1, "--network {tmp}/missing: checkpoint not found"),
     "mix": (["--network", MISSING, "--out", "{tmp}/o"], 1, "--network {tmp}/missing: checkpoint not found"),
+    "project": (["{ds}", "--label", "disease=syndrome_a,age=infant", "--network", MISSING, "--out", "{tmp}/o"], 1,
+                "--network {tmp}/missing: checkpoint not found"),
     "teach make": (["--per-cell", "1", "--network", MISSING, "--out", "{tmp}/o"], 1,
                    "--network {tmp}/missing: checkpoint not found"),
     "teach score": (["{ds}/labels.csv", "--key", MISSING], 1, "--key {tmp}/missing: file not found"),

@@ -1,4 +1,4 @@
-"""Command line: ``synth generate``, ``synth morph``, ``synth mix`` and ``synth teach``."""
+"""Command line: ``synth generate``, ``synth morph``, ``synth mix``, ``synth teach`` and ``synth project``."""
 from __future__ import annotations
 
 import functools
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-__all__ = ["generate", "morph", "mix", "teach", "COMMANDS"]
+__all__ = ["generate", "morph", "mix", "teach", "project", "COMMANDS"]
 
 _TYPES = ["unrelated", "age_related", "age_progression", "blended", "style_mixed", "all"]
 
@@ -113,6 +113,59 @@ def _optional_age_factor(space, factor: str | None) -> str | None:
     return next((f.name for f in space.factors if f.ordinal), None)
 
 
+def _w_option(what: str):
+    return click.option("--w", "w_files", type=click.Path(path_type=Path), multiple=True,
+                        help=f"projected_w.npz from `synth project` (repeatable): projected {what}.")
+
+
+def _w_psi(psi: float) -> float:
+    """With --w, psi applies to the projected offset from the label's mean w; it is 1 (the
+    projection as it is) unless --truncation is given."""
+    ctx = click.get_current_context()
+    return 1.0 if ctx.get_parameter_source("psi") == click.core.ParameterSource.DEFAULT else psi
+
+
+def _identities(w_files, rend, space, net):
+    """Load and check every --w against the network (hash, condition space, shapes)."""
+    from synth.synthesis.project import load_projected_w
+
+    return [load_projected_w(p, G=rend.G, space=space, network_sha256=net["network_sha256"], network=net["network"])
+            for p in w_files]
+
+
+def _identity_names(w_files) -> list[str]:
+    """File names for projected faces: the folder of a projected_w.npz (synth project's layout), else its stem."""
+    from synth.synthesis.project import safe_name
+
+    names: list[str] = []
+    for p in w_files:
+        p = Path(p)
+        base = safe_name(p.parent.name if p.stem == "projected_w" and p.parent.name else p.stem)
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}_{k}", k + 1
+        names.append(name)
+    return names
+
+
+def _identity_morph(space, factor, start, end, disease, idents):
+    """The morph of projected faces: --from and the fixed levels default to their label."""
+    from synth.synthesis.errors import SynthesisError
+    from synth.synthesis.morph import MorphSpec, resolve_morph
+
+    levels = idents[0].levels
+    if any(i.levels != levels for i in idents[1:]) and (start is None or (disease is None and len(space.names) > 1)):
+        raise SynthesisError("--w: the projections have different labels; give --from and --disease")
+    f = space.factor(factor) if factor in space.names else None
+    if f is not None:
+        start = start if start is not None else levels.get(factor)
+        end = end if end is not None else (f.levels[-1] if start != f.levels[-1] else f.levels[0])
+    others = [n for n in space.names if n != factor]
+    spec = resolve_morph(space, factor, start, end, disease if disease is not None else (levels.get(others[0]) if others else None))
+    fixed = {n: spec.fixed[n] if (n == others[0] or n not in levels) else levels[n] for n in others}
+    return MorphSpec(spec.factor, spec.start, spec.end, fixed)
+
+
 # ----------------------------------------------------------------------------------------
 
 
@@ -150,9 +203,10 @@ def _counts(space, roles, exclude, per_cell, data, meta):
 @click.option("--seeds", default=None, help="Seeds to draw z from, e.g. 0-999 or 1,5,9 (default: consecutive from --seed).")
 @click.option("--seed", type=int, default=0, show_default=True, help="First seed when --seeds is not given.")
 @click.option("--exclude-level", "exclude", multiple=True, help="FACTOR=LEVEL to skip (repeatable; 'none' keeps all) [default: the control level].")
+@_w_option("identities: one image per level of age_related, age_progression (from its own level) or blended")
 @_common
 @_one_line_errors
-def generate(ptype, out, data, per_cell, factor, steps, age_from, age_to, mixes, styles, psi, seeds, seed, exclude,
+def generate(ptype, out, data, per_cell, factor, steps, age_from, age_to, mixes, styles, psi, seeds, seed, exclude, w_files,
              network, noise_mode, batch, device, mean_w_samples, force, quiet):
     """Generate synthetic training images (Study 1 products) as a dataset folder.
 
@@ -167,6 +221,8 @@ def generate(ptype, out, data, per_cell, factor, steps, age_from, age_to, mixes,
     (rare ages get more); each type totals about the affected training images.
     Output: PNGs, labels.csv (= manifest.csv), conditions.yaml, generation.json.
     With --force, the images an earlier generation in --out listed are removed first.
+    --w projected_w.npz (from synth project) renders that face instead of seeds (--truncation
+    defaults to 1 then; counts and the default exclusion are not used).
     """
     from synth.synthesis.counts import parse_exclusions, resolve_roles
     from synth.synthesis.generate import generate_products
@@ -176,9 +232,29 @@ def generate(ptype, out, data, per_cell, factor, steps, age_from, age_to, mixes,
     if steps < 2:
         raise click.UsageError(f"--steps {steps}: need at least 2")
     seed_list = _seed_list(seeds) if seeds is not None else None
+    if w_files:
+        if ptype not in ("age_related", "age_progression", "blended"):
+            raise click.UsageError(f"--type {ptype} --w: {ptype} makes a fresh identity per image; with --w use "
+                                   "age_related, age_progression or blended")
+        if data is not None or per_cell is not None:
+            raise click.UsageError("--data/--per-cell set counts of fresh identities; with --w each projected face "
+                                   "is rendered once per level")
+        psi = _w_psi(psi)
     rend, space, meta, net = _renderer(network, device, psi, noise_mode, batch, mean_w_samples, factor)
     fac = _optional_age_factor(space, factor)
     roles = resolve_roles(space, fac)
+    if w_files:
+        idents = _identities(w_files, rend, space, net)
+        excl = parse_exclusions(list(exclude), space) if exclude else {}
+        out = prepare_out_dir(out, force, earlier_generation(out))
+        rows = generate_products(
+            rend.G, space, ptype, {}, 0, rend.psi, out, age_factor=fac, exclude=excl, steps=steps, age_from=age_from,
+            age_to=age_to, mixes=tuple(mixes) or (0.55,), progress=not quiet, renderer=rend, identities=idents,
+            settings={**net, "counts_from": "--w", "identities": [i.record() for i in idents]},
+        )
+        click.echo(f"wrote {len(rows)} images ({ptype}) of {len(idents)} projected face(s) to {out}")
+        return
+
     excl = parse_exclusions(list(exclude) if exclude else None, space)
     counts, how = _counts(space, roles, excl, per_cell, data, meta)
     layers = parse_layers(styles, rend.num_ws) if styles is not None else None
@@ -210,9 +286,10 @@ def generate(ptype, out, data, per_cell, factor, steps, age_from, age_to, mixes,
               help="Evenly spaced frames per seed in viewer.html.")
 @truncation_option(0.7, "psi toward the per-condition average w (a finite number >= 0; 1 = none).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
+@_w_option("identities instead of --seeds (--from/--disease default to its label)")
 @_common
 @_one_line_errors
-def morph(start, end, factor, disease, steps, seeds, frames, fps, no_video, html, html_frames, psi, out,
+def morph(start, end, factor, disease, steps, seeds, frames, fps, no_video, html, html_frames, psi, out, w_files,
           network, noise_mode, batch, device, mean_w_samples, force, quiet):
     """Morph one identity from one level to another (e.g. infant to older adult).
 
@@ -220,6 +297,8 @@ def morph(start, end, factor, disease, steps, seeds, frames, fps, no_video, html
     contact_sheet.png of all seeds.  End frames are exactly the pure-condition images.
     --html adds viewer.html (slider, condition mix, keys; opens from disk).
     morph.json records the settings, the network and its SHA-256.
+    --w projected_w.npz (from synth project) morphs that face (morph_NAME.*; first frame = its
+    projection; --truncation defaults to 1 then).
     """
     from synth.synthesis.manifest import prepare_out_dir
     from synth.synthesis.morph import resolve_morph, write_morphs
@@ -231,11 +310,22 @@ def morph(start, end, factor, disease, steps, seeds, frames, fps, no_video, html
     if fps <= 0:
         raise click.UsageError(f"--fps {fps}: must be positive")
     seed_list = _seed_list(seeds)
+    if w_files:
+        psi = _w_psi(psi)
     rend, space, _, net = _renderer(network, device, psi, noise_mode, batch, mean_w_samples, factor)
-    spec = resolve_morph(space, _default_factor(space, factor), start, end, disease)
+    idents = None
+    if w_files:
+        from synth.synthesis.project import IdentityRenderer
+
+        idents = _identities(w_files, rend, space, net)
+        spec = _identity_morph(space, _default_factor(space, factor), start, end, disease, idents)
+        rend, seed_list = IdentityRenderer(rend, idents), list(range(len(idents)))
+        idents = [{"name": n, **i.record()} for n, i in zip(_identity_names(w_files), idents)]
+    else:
+        spec = resolve_morph(space, _default_factor(space, factor), start, end, disease)
     out = prepare_out_dir(out, force)
     write_morphs(rend, space, spec, seed_list, out, steps=steps, frames=frames, fps=fps, video=not no_video, progress=not quiet,
-                 settings=net, viewer=html, viewer_frames=html_frames)
+                 settings=net, viewer=html, viewer_frames=html_frames, identities=idents)
     click.echo(f"wrote {len(seed_list)} morph(s) {spec.start} -> {spec.end} to {out}" + (f" (viewer: {out / 'viewer.html'})" if html else ""))
 
 
@@ -360,4 +450,86 @@ def teach_score(answers, key, out):
         click.echo(f"wrote {out}")
 
 
-COMMANDS = (generate, morph, mix, teach)
+# ----------------------------------------------------------------------------------------
+
+
+@click.command("project")
+@click.argument("images", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--label", required=True, help="Condition of the photos, every factor, e.g. disease=syndrome_a,age=infant.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder (one sub-folder per image).")
+@click.option("--network", type=click.Path(path_type=Path), default=None, help=_NETWORK_HELP + ".")
+@click.option("--steps", type=click.IntRange(min=1), default=500, show_default=True, help="Optimisation steps per image.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the w noise (same seed, same result).")
+@click.option("--w-plus", is_flag=True, help="Optimise one w per layer (W+) instead of a single w.")
+@click.option("--distance", type=click.Choice(["auto", "lpips", "pyramid"]), default="auto", show_default=True,
+              help="auto: LPIPS when its backbone weights are on disk, else pyramid (pixel L2 over an image pyramid).")
+@click.option("--lpips-net", type=click.Choice(["vgg", "alex"]), default="vgg", show_default=True, help="LPIPS backbone.")
+@click.option("--lpips-weights", type=click.Path(path_type=Path), default=None,
+              help="torchvision checkpoint of the LPIPS backbone (default: the torch hub cache's; never downloaded).")
+@click.option("--d-features", is_flag=True, help="Add the discriminator's features to the pyramid distance (a snapshot with D).")
+@click.option("--d-weight", type=float, default=1.0, show_default=True, help="Weight of --d-features.")
+@click.option("--no-noise-opt", is_flag=True, help="Keep the generator's noise buffers instead of optimising them.")
+@click.option("--lr", type=float, default=0.1, show_default=True, help="Peak learning rate (ramped up, then down).")
+@click.option("--mean-w-samples", type=click.IntRange(min=2), default=10000, show_default=True,
+              help="z samples for the label's mean w (the start) and spread.")
+@click.option("--resize", is_flag=True, help="Resize square images of another size to the generator's (Lanczos).")
+@click.option("--device", default="cpu", show_default=True, help="Torch device, e.g. cpu or cuda.")
+@click.option("--force", is_flag=True, help="Write into a non-empty --out folder (earlier projections are replaced).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_one_line_errors
+def project(images, label, out, network, steps, seed, w_plus, distance, lpips_net, lpips_weights, d_features, d_weight,
+            no_noise_opt, lr, mean_w_samples, resize, device, force, quiet):
+    """Project aligned photos into the generator's W (or W+) space for a condition label.
+
+    IMAGES: image files or folders (searched recursively).  Per image, OUT/NAME/ gets
+    projected_w.npz (w, label, condition space, network SHA-256, distance name, final loss),
+    compare.png (target beside the projection), loss.csv and loss.png; OUT/project.json sums
+    up.  Use a projection with: synth morph --w OUT/NAME/projected_w.npz, synth generate --w ...
+    """
+    import json
+    from dataclasses import asdict
+
+    from synth.synthesis.errors import SynthesisError
+    from synth.synthesis.network import network_record, open_generator
+    from synth.synthesis.project import (PROJECT_OUTPUTS, ProjectConfig, collect_images, load_target, make_distance,
+                                         open_discriminator, parse_label, project as run_projection, safe_name,
+                                         save_projection)
+    from synth.utils.io import atomic_write_text, check_out_dir, prepare_out_dir
+
+    cfg = ProjectConfig(steps=steps, seed=seed, w_plus=w_plus, initial_lr=lr, optimize_noise=not no_noise_opt,
+                        mean_w_samples=mean_w_samples).check()
+    check_out_dir(out, force, error=SynthesisError)  # refuse before any slow work
+    files = collect_images(images)
+    G, space, meta, path = open_generator(network, device=device)
+    levels, vec = parse_label(space, label)
+    targets = [load_target(f, int(G.img_resolution), resize=resize) for f in files]  # every image checked first
+    D = open_discriminator(path, device) if d_features else None
+    dist = make_distance(distance, lpips_net, lpips_weights, D=D, label=vec, d_weight=d_weight, device=device)
+    if distance == "auto" and dist.name.startswith("pyramid"):
+        click.echo("--distance auto: LPIPS backbone weights not found on disk; using the pyramid L2 fallback", err=True)
+    net = network_record(path, meta, meta.get("network_default"))
+    out = prepare_out_dir(out, force, PROJECT_OUTPUTS, error=SynthesisError)
+    names: list[str] = []
+    results = []
+    for f, tgt in zip(files, targets):
+        base = safe_name(f.stem)
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}_{k}", k + 1
+        names.append(name)
+        proj = run_projection(G, tgt, vec, dist, cfg, progress=not quiet, desc=f"project {name}")
+        save_projection(out / name, proj, tgt, space, levels, vec, net, source=str(f))
+        results.append({"image": str(f), "folder": name, "w": f"{name}/projected_w.npz", "loss": proj.loss,
+                        "distance_value": proj.distance_value, "initial_distance": proj.initial_distance,
+                        "psnr": proj.psnr, "initial_psnr": proj.initial_psnr})
+        if not quiet:
+            click.echo(f"{f}: {proj.distance} {proj.initial_distance:.4g} -> {proj.distance_value:.4g}, "
+                       f"PSNR {proj.initial_psnr:.1f} -> {proj.psnr:.1f} dB", err=True)
+    info = {"label": levels, "distance": dist.name, "w_space": "W+" if w_plus else "W", "config": asdict(cfg),
+            **net, "images": results}
+    atomic_write_text(out / "project.json", json.dumps(info, indent=2, default=str) + "\n")
+    click.echo(f"projected {len(results)} image(s) into {out} ({dist.name}); morph one with: "
+               f"synth morph --w {out / names[0] / 'projected_w.npz'} --out morphs/")
+
+
+COMMANDS = (generate, morph, mix, teach, project)

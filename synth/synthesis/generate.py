@@ -72,7 +72,8 @@ def item_filename(space: ConditionSpace, item: Item, index: int) -> str:
         )
     elif item.type == "age_progression":
         desc = "_".join(levels[n] for n in space.names if n != item.mix_factor) + f"_step{item.step}"
-    return f"{item.type}/{index:05d}_s{item.seed}_{desc.strip('_')}.png"
+    tag = item.extra.get("id", f"s{item.seed}")  # projected identities (--w) are tagged w<k>
+    return f"{item.type}/{index:05d}_{tag}_{desc.strip('_')}.png"
 
 
 def generate_products(
@@ -85,6 +86,7 @@ def generate_products(
     out_dir: str | Path | None = None,
     *,
     age_factor: str | None = "age",
+    exclude: Mapping[str, Any] | None = None,
     steps: int = 5,
     age_from: str | None = None,
     age_to: str | None = None,
@@ -97,6 +99,7 @@ def generate_products(
     write: bool = True,
     settings: Mapping[str, Any] | None = None,
     renderer: Renderer | None = None,
+    identities: Sequence[Any] | None = None,
 ) -> list[ManifestRow]:
     """Render the product(s) into ``out_dir`` and return the manifest rows.
 
@@ -105,21 +108,33 @@ def generate_products(
     ``seeds``: a start seed, an explicit list, or a :class:`SeedStream`.  With ``write`` the
     folder gets ``labels.csv``/``manifest.csv``/``conditions.yaml`` and opens with
     ``open_dataset(out_dir)``.  ``out_dir=None`` renders nothing and returns the planned rows
-    with empty file names (a dry run).
+    with empty file names (a dry run).  ``identities`` (projected faces,
+    :class:`~synth.synthesis.project.ProjectedW`) replace the seeds: one image per level of each
+    (:func:`~synth.synthesis.project.plan_identity`; ``counts`` are not used, ``exclude``
+    {factor: levels} leaves levels out).
     """
     if getattr(G, "c_dim", space.c_dim) != space.c_dim:
         raise SynthesisError(f"generator has c_dim {G.c_dim} but the condition space has {space.c_dim}")
     roles = resolve_roles(space, age_factor)
     stream = seeds if isinstance(seeds, SeedStream) else SeedStream(None, int(seeds)) if isinstance(seeds, (int, np.integer)) else SeedStream(list(seeds))
-    items = plan_all(space, type, counts, stream, roles, steps=steps, age_from=age_from, age_to=age_to, mixes=mixes)
+    rend = renderer or Renderer(G, psi=psi, noise_mode=noise_mode, batch=batch, device=device)
+    if identities is not None:
+        from synth.synthesis.project import IdentityRenderer, plan_identities
+
+        if not isinstance(type, str) or type == "all":
+            raise SynthesisError("--type all --w: name one of age_related, age_progression or blended")
+        items = plan_identities(space, type, identities, roles, steps=steps, age_from=age_from, age_to=age_to,
+                                mixes=mixes, exclude=exclude)
+        rend = IdentityRenderer(rend, identities)
+    else:
+        items = plan_all(space, type, counts, stream, roles, steps=steps, age_from=age_from, age_to=age_to, mixes=mixes)
     if not items:
         raise SynthesisError("nothing to generate: every count is zero")
-    rend = renderer or Renderer(G, psi=psi, noise_mode=noise_mode, batch=batch, device=device)
     layers = list(style_layers) if style_layers is not None else default_style_layers(rend.num_ws)
     rows: list[ManifestRow] = []
     for i, it in enumerate(items):
         vals = {
-            "type": it.type, "seed": it.seed, "seed2": it.seed2, "psi": rend.psi, "mix": it.mix,
+            "type": it.type, "seed": it.seed if identities is None else None, "seed2": it.seed2, "psi": rend.psi, "mix": it.mix,
             "mix_factor": it.mix_factor, "mix_from": it.mix_from, "mix_to": it.mix_to, "step": it.step,
             "styles": f"{layers[0]}-{layers[-1]}" if it.type == "style_mixed" else None,
         }
@@ -131,6 +146,11 @@ def generate_products(
     for start in range(0, len(items), rend.batch):
         chunk = items[start : start + rend.batch]
         labels = np.stack([it.label for it in chunk])
+        if identities is not None:  # each projected identity brings its own noise buffers
+            for k, img in enumerate(rend.images([it.seed for it in chunk], labels)):
+                save_png(img, out / rows[start + k].file)
+            bar.update(len(chunk))
+            continue
         ws = rend.ws([it.seed for it in chunk], labels)
         mixed = [k for k, it in enumerate(chunk) if it.type == "style_mixed"]
         if mixed:

@@ -119,13 +119,16 @@ def write_morphs(
     settings: Mapping[str, Any] | None = None,
     viewer: bool = False,
     viewer_frames: int = 21,
+    identities: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict:
     """Per seed: ``morph_s<seed>.png`` strip (+ ``.gif``/``.mp4``); ``contact_sheet.png``; ``morph.json``.
 
     ``settings`` (e.g. :func:`~synth.synthesis.network.network_record`: the network's path
     and SHA-256) are recorded in ``morph.json`` too.  ``viewer``: also ``viewer.html``, the
     interactive viewer (:mod:`synth.synthesis.viewer`), a slider over ``viewer_frames`` evenly
-    spaced frames per seed."""
+    spaced frames per seed.  ``identities``: the renderer is a
+    :class:`~synth.synthesis.project.IdentityRenderer` and seed k is projected identity k; each
+    mapping (``name``, ``w``, ...) names its files ``morph_<name>.*`` and is recorded instead of a seed."""
     from synth.synthesis.viewer import frame_times, generator_note, morph_card, write_viewer
 
     out = Path(out)
@@ -137,18 +140,20 @@ def write_morphs(
     for seed in tqdm(list(seeds), desc="morph", unit="seed", disable=not progress):
         keys, anim = render_morph(renderer, space, spec, int(seed), steps, frames if video else 0)
         strip = labelled_strip(list(keys), caps)
-        stem = f"morph_s{seed}"
+        ident = dict(identities[int(seed)]) if identities is not None else None
+        stem = f"morph_{ident['name']}" if ident else f"morph_s{seed}"
         save_png(strip, out / f"{stem}.png")
-        entry = {"seed": int(seed), "strip": f"{stem}.png"}
+        entry = {**ident, "strip": f"{stem}.png"} if ident else {"seed": int(seed), "strip": f"{stem}.png"}
         if video and len(anim):
             write_gif(list(anim), out / f"{stem}.gif", fps=fps)
             write_mp4(list(anim), out / f"{stem}.mp4", fps=fps)
             entry.update(gif=f"{stem}.gif", mp4=f"{stem}.mp4", frames=len(anim))
         strips.append(strip)
-        titles.append(f"seed {seed}" + (f"  ({fixed})" if fixed else ""))
+        who = f"projected {ident['name']}" if ident else f"seed {seed}"
+        titles.append(who + (f"  ({fixed})" if fixed else ""))
         files.append(entry)
         if viewer:
-            cards.append(morph_card(renderer, space, spec, int(seed), viewer_frames))
+            cards.append(morph_card(renderer, space, spec, int(seed), viewer_frames, title=who))
     save_png(contact_sheet(strips, titles), out / "contact_sheet.png")
     info = {"factor": spec.factor, "from": spec.start, "to": spec.end, "fixed": spec.fixed, "steps": steps,
             "frames": frames if video else 0, "fps": fps, "psi": renderer.psi, "noise_mode": renderer.noise_mode, **dict(settings or {}), "seeds": files}
