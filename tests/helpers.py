@@ -90,3 +90,19 @@ def save_judge(path, factors, class_names, seed=0, model="small_cnn_s", size=16)
             "target": {"factors": list(factors), "class_names": list(class_names)}, "size": size, "in_chans": 3,
             "normalisation": {"mean": [0.5] * 3, "std": [0.5] * 3}}
     return save_classifier(path, net, meta)
+
+
+def run_synthesis_cli(args):
+    """Invoke the synthesis commands (generate, morph, teach, project ...) in-process."""
+    import click
+    from click.testing import CliRunner
+
+    from synth.synthesis.cli import COMMANDS
+
+    @click.group()
+    def main():
+        pass
+
+    for c in COMMANDS:
+        main.add_command(c)
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)

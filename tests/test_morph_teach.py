@@ -5,7 +5,6 @@ import csv
 import json
 import re
 
-import click
 import numpy as np
 import pytest
 import torch
@@ -13,7 +12,7 @@ from click.testing import CliRunner
 
 from synth.conditions import ConditionSpace
 from synth.synthesis.errors import SynthesisError
-from tests.helpers import assert_close, tiny_generator
+from tests.helpers import assert_close, tiny_generator, run_synthesis_cli
 
 SPACE = ConditionSpace.default(["disease", "age"], embed_total=32)
 SKIN = ConditionSpace.from_levels({"stage": ["early", "intermediate", "late"]}, embed_total=16,
@@ -30,16 +29,7 @@ def ckpts(tmp_path_factory):
     return d
 
 
-def run(args):
-    from synth.synthesis.cli import COMMANDS
-
-    @click.group()
-    def main():
-        pass
-
-    for c in COMMANDS:
-        main.add_command(c)
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+run = run_synthesis_cli
 
 
 def renderer(G, psi=0.7):

@@ -5,31 +5,20 @@ from __future__ import annotations
 import csv
 import json
 
-import click
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
 from synth.conditions import ConditionSpace
-from tests.helpers import tiny_generator
+from tests.helpers import tiny_generator, run_synthesis_cli
 
 SPACE = ConditionSpace.default(["disease", "age"], embed_total=32)
 LABEL = "disease=syndrome_a,age=child"
 FAST = ["--steps", "20", "--mean-w-samples", "200", "--quiet"]
 
 
-def run(args):
-    from synth.synthesis.cli import COMMANDS
-
-    @click.group()
-    def main():
-        pass
-
-    for c in COMMANDS:
-        main.add_command(c)
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+run = run_synthesis_cli
 
 
 def renderer(G, psi=1.0):

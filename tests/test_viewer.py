@@ -13,10 +13,8 @@ import shutil
 import time
 from pathlib import Path
 
-import click
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
 from synth.conditions import ConditionSpace
@@ -25,6 +23,7 @@ from synth.synthesis.viewer import ViewerCard, mix_caption, quiz_card, viewer_ht
 
 SPACE = ConditionSpace.default(["disease", "age"], embed_total=32)
 KEPT_AGES = ("infant", "older_adult")  # the tiny teaching set: 4 diseases x 2 ages
+from tests.helpers import run_synthesis_cli
 
 
 def solid(k: int, size: int = 8) -> np.ndarray:
@@ -204,16 +203,7 @@ def test_teach_without_viewer(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def _run(args):
-    from synth.synthesis.cli import COMMANDS
-
-    @click.group()
-    def main():
-        pass
-
-    for c in COMMANDS:
-        main.add_command(c)
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+_run = run_synthesis_cli
 
 
 @pytest.fixture(scope="module")
