@@ -95,6 +95,22 @@ def test_same_seed_same_projection_other_seed_differs():
     assert not np.array_equal(runs[0].w, runs[2].w)
 
 
+def test_anchor_z_recovers_a_mapped_w_and_w_prior_pulls_toward_the_mean():
+    from synth.synthesis.project import ProjectConfig, PyramidL2, anchor_z, label_stats, parse_label, project
+
+    G = tiny_generator(SPACE)
+    _, c = parse_label(SPACE, LABEL)
+    _, spread = label_stats(G, c, 1000)
+    with torch.no_grad():
+        w = G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(3)), torch.as_tensor(c)[None])[0]
+    z, d = anchor_z(G, w, c)
+    assert z.shape == (G.z_dim,) and d < 0.1 * spread, (d, spread)  # a w the mapping makes is found again
+    target = own_image(G, seed=1)
+    free, pulled = (project(G, target, c, PyramidL2(), ProjectConfig(steps=40, w_prior=wp, mean_w_samples=500), progress=False)
+                    for wp in (0.0, 1.0))
+    assert pulled.w_offset_sd < free.w_offset_sd and free.z is not None and np.isfinite(free.z_residual)
+
+
 # ----------------------------------------------------------------------------------------
 # outputs
 
@@ -113,6 +129,7 @@ def test_cli_writes_npz_with_space_hash_and_distance(files):
         assert z["w"].shape == (1, G.num_ws, G.w_dim)
         assert np.isfinite(float(z["loss"])) and int(z["steps"]) == 20
         assert any(k.startswith("noise:") for k in z.files)
+        assert z["z_anchor"].shape == (G.z_dim,) and np.isfinite(float(z["z_residual"]))
     info = json.loads((files["proj"] / "project.json").read_text())
     assert info["distance"] == "pyramid-l2" and info["network_sha256"] == file_sha256(files["ckpt"])
     assert info["images"][0]["w"] == "face/projected_w.npz"
@@ -220,6 +237,15 @@ def test_morph_and_generate_with_w_start_from_the_projection(files, tmp_path):
     assert np.array_equal(np.asarray(Image.open(out / child["file"]).convert("RGB")), ref)
     assert json.loads((out / "generation.json").read_text())["identities"][0]["w"] == str(files["npz"])
 
+    # without an anchor z the face moves by mean-w offsets; the first frame is still the projection
+    out_nz = tmp_path / "nz"
+    r = run(["project", files["photo"], "--label", LABEL, "--network", files["ckpt"], "--out", out_nz, "--no-z-anchor", *FAST])
+    assert r.exit_code == 0, r.output
+    plain = load_projected_w(out_nz / "face" / "projected_w.npz", G=G, space=SPACE)
+    assert plain.z is None and plain.transfer == "mean-w offset" and ident.transfer == "z-anchored"
+    keys, _ = render_morph(IdentityRenderer(renderer(G), [plain]), SPACE, spec, 0, steps=3)
+    assert np.array_equal(keys[0], render_w(G, plain.w, plain.noise)) and not np.array_equal(keys[-1], keys[0])
+
     out = tmp_path / "p"
     r = run(["generate", "--type", "age_progression", "--w", files["npz"], "--network", files["ckpt"], "--out", out,
              "--steps", "3", "--quiet", "--mean-w-samples", "200"])
@@ -250,7 +276,9 @@ def _bad_inputs(files, tmp):
         "not square": (["project", tmp / "wide.png", "--label", LABEL, "--network", files["ckpt"]], "not square"),
         "unreadable image": (["project", tmp / "text.png", "--label", LABEL, "--network", files["ckpt"]], "not a readable image"),
         "empty folder": (["project", tmp / "empty", "--label", LABEL, "--network", files["ckpt"]], "no images"),
-        "no images": (["project", "--label", LABEL, "--network", files["ckpt"]], "no images given"),
+        "no images": (["project", "--label", LABEL, "--network", files["ckpt"]], "no IMAGES given"),
+        "malformed label": ([*P, "--label", "syndrome_a"], "expected FACTOR=LEVEL"),
+        "negative w prior": ([*P, "--label", LABEL, "--w-prior", "-1"], "--w-prior"),
         "unknown level": ([*P, "--label", "disease=flu,age=child"],
                           "'flu' is not a level of factor 'disease' known to the network (levels: syndrome_a, syndrome_b"),
         "unknown factor": ([*P, "--label", "disease=syndrome_a,age=child,height=tall"], "no factor 'height'"),
@@ -268,9 +296,14 @@ def _bad_inputs(files, tmp):
     }
 
 
-BAD = ["wrong size", "not square", "unreadable image", "empty folder", "no images", "unknown level", "unknown factor",
+BAD = ["wrong size", "not square", "unreadable image", "empty folder", "no images", "malformed label", "negative w prior",
+       "unknown level", "unknown factor",
        "missing factor", "lpips weights missing", "no discriminator", "other network", "corrupt npz", "pickled npz",
        "npz without w", "missing npz", "type without identity"]
+
+
+# the command line itself is wrong (exit 2); the rest name files or levels that do not fit (exit 1)
+USAGE = {"no images", "malformed label", "negative w prior", "type without identity"}
 
 
 @pytest.mark.parametrize("case", BAD)
@@ -278,7 +311,7 @@ def test_bad_input_is_one_line_and_writes_nothing(case, files, tmp_path):
     args, needle = _bad_inputs(files, tmp_path / "in")[case]
     out = tmp_path / "out"
     r = run([*args, "--out", out])
-    assert r.exit_code != 0, r.output
+    assert r.exit_code == (2 if case in USAGE else 1), r.output  # the exit-status rule of docs/cli.md
     assert "Traceback" not in r.output
     lines = [ln for ln in r.output.splitlines() if ln.strip()]
     assert lines[-1].startswith("Error: ") and sum(ln.startswith("Error") for ln in lines) == 1, r.output

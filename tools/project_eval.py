@@ -1,6 +1,6 @@
 """Project held-out atlas faces, morph them to other ages, and score the morphs independently.
 
-    python tools/project_eval.py --out project_eval/ [--faces 20] [--steps 300] [--modes W,W+]
+    python tools/project_eval.py --out project_eval/ [--faces 20] [--steps 500] [--modes W,W+]
                                  [--judge-age DIR] [--network checkpoints/demo-faces.ckpt]
 
 1. Held-out faces: the atlas plan with ``--atlas-seed`` (default 11: neither the generator's
@@ -12,7 +12,8 @@
 3. Projection (``synth.synthesis.project``, the code of ``synth project``) into W and/or W+
    for the face's own label (disease, infant); the projected_w.npz files are written and read
    back as ``synth morph --w`` reads them.
-4. Morph: the identity moved to every age of its disease (:func:`identity_ws`, psi 1).
+4. Morph: the identity moved to every age of its disease (:func:`identity_ws`, psi 1), both
+   ways: z-anchored (``synth project``'s default) and by mean-w offsets (``--no-z-anchor``).
 5. Scores: an independent ``small_cnn`` age judge (BENCHMARKS.md protocol: trained on a
    2000-face atlas with seed 7, validated on the 400 training faces; trained here unless
    ``--judge-age`` or ``OUT/judge_age`` exists); identity against the true aged face of the
@@ -31,6 +32,7 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,15 +114,47 @@ def judged(judge, images: np.ndarray, target: str, levels: list[str]) -> dict:
             "counts": {lv: pred.count(lv) for lv in levels}}
 
 
+def identity_scores(morphs, truth, mean_faces, ages, desc) -> dict:
+    """Per age: the morph against the same subject's true aged face, the other subjects' and the
+    label's mean-w face; rank-1 re-identification among the held-out subjects."""
+    from synth.synthesis.project import psnr
+
+    out = {}
+    for lv in ages:
+        m, gt = morphs[lv], truth[lv]
+        n = len(m)
+        pyr = np.array([[pyramid(m[k], gt[j]) for j in range(n)] for k in range(n)])
+        ps = np.array([[psnr(m[k], gt[j]) for j in range(n)] for k in range(n)])
+        off = ~np.eye(n, dtype=bool)
+        row = {
+            "psnr_same_subject": stats(np.diag(ps)),
+            "psnr_other_subjects": stats(ps[off]),
+            "psnr_label_mean_face": stats([psnr(mean_faces[lv][k], gt[k]) for k in range(n)]),
+            "distance_same_subject": stats(np.diag(pyr)),
+            "distance_other_subjects": stats(pyr[off]),
+            "distance_label_mean_face": stats([pyramid(mean_faces[lv][k], gt[k]) for k in range(n)]),
+            "rank1_reid_distance": round(float(np.mean(pyr.argmin(1) == np.arange(n))), 4),
+        }
+        if desc is not None:
+            dm, dg = desc(m), desc(gt)
+            dd = np.linalg.norm(dm[:, None] - dg[None], axis=-1)
+            row.update({"dlib_same_subject": stats(np.diag(dd)), "dlib_other_subjects": stats(dd[off]),
+                        "dlib_label_mean_face": stats(np.linalg.norm(desc(mean_faces[lv]) - dg, axis=-1)),
+                        "rank1_reid_dlib": round(float(np.mean(dd.argmin(1) == np.arange(n))), 4)})
+        out[lv] = row
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("project_eval"))
     ap.add_argument("--network", type=Path, default=ROOT / "checkpoints" / "demo-faces.ckpt")
     ap.add_argument("--faces", type=int, default=20, help="Held-out faces (a multiple of 4: equal per disease).")
     ap.add_argument("--atlas-seed", type=int, default=11)
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=500, help="synth project --steps (its default).")
     ap.add_argument("--modes", default="W,W+")
     ap.add_argument("--mean-w-samples", type=int, default=10000)
+    ap.add_argument("--w-prior", type=float, default=0.0, help="synth project --w-prior (0: the StyleGAN2 projector).")
     ap.add_argument("--judge-age", type=Path, default=None, help="Age judge (synth classify train output); else trained.")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-dlib", action="store_true")
@@ -133,7 +167,7 @@ def main() -> None:
     from synth.synthesis.engine import Renderer
     from synth.synthesis.network import network_record, open_generator
     from synth.synthesis.project import (IdentityRenderer, ProjectConfig, PyramidL2, load_projected_w, parse_label,
-                                         project, psnr, render_w, save_projection)
+                                         project, render_w, save_projection)
     from synth.synthesis.render import labelled_grid, save_png
 
     t0 = time.time()
@@ -169,7 +203,7 @@ def main() -> None:
 
     rend = Renderer(G, psi=1.0, noise_mode="const", batch=16, mean_w_samples=a.mean_w_samples)
     result: dict = {
-        "network": net, "faces": n, "atlas_seed": a.atlas_seed, "age_projected": ages[0], "steps": a.steps,
+        "network": net, "faces": n, "atlas_seed": a.atlas_seed, "age_projected": ages[0], "steps": a.steps, "w_prior": a.w_prior,
         "distance": PyramidL2.name, "judge_age": str(judge_dir), "truth_ages_years": MID_AGE,
         "judge_on_true_faces": {lv: judged(judge, truth[lv], lv, ages) for lv in ages},
     }
@@ -182,7 +216,7 @@ def main() -> None:
 
     t_proj = {}
     for mode in [m.strip() for m in a.modes.split(",") if m.strip()]:
-        cfg = ProjectConfig(steps=a.steps, w_plus=(mode == "W+"), mean_w_samples=a.mean_w_samples)
+        cfg = ProjectConfig(steps=a.steps, w_plus=(mode == "W+"), w_prior=a.w_prior, mean_w_samples=a.mean_w_samples)
         ts = time.time()
         idents, recon = [], []
         for k, ((i, spec), (levels, vec)) in enumerate(zip(faces, labels)):
@@ -196,44 +230,30 @@ def main() -> None:
             print(f"[{mode}] face {k + 1}/{n} {spec.subject.disease}: PSNR {p.initial_psnr:.1f} -> {p.psnr:.1f} dB, "
                   f"distance {p.initial_distance:.4f} -> {p.distance_value:.4f}", flush=True)
         t_proj[mode] = time.time() - ts
-        ir = IdentityRenderer(rend, idents)
-        morphs = {lv: ir.images(list(range(n)), np.stack([space.encode({**idents[k].levels, "age": lv}) for k in range(n)]))
-                  for lv in ages}
-        assert all(np.array_equal(morphs[ages[0]][k], recon[k].image) for k in range(n))  # frame 0 = the projection
-        ident_scores = {}
-        for lv in ages:
-            m, gt = morphs[lv], truth[lv]
-            pyr = np.array([[pyramid(m[k], gt[j]) for j in range(n)] for k in range(n)])
-            ps = np.array([[psnr(m[k], gt[j]) for j in range(n)] for k in range(n)])
-            off = ~np.eye(n, dtype=bool)
-            row = {
-                "psnr_same_subject": stats(np.diag(ps)),
-                "psnr_other_subjects": stats(ps[off]),
-                "psnr_label_mean_face": stats([psnr(mean_faces[lv][k], gt[k]) for k in range(n)]),
-                "distance_same_subject": stats(np.diag(pyr)),
-                "distance_other_subjects": stats(pyr[off]),
-                "distance_label_mean_face": stats([pyramid(mean_faces[lv][k], gt[k]) for k in range(n)]),
-                "rank1_reid_distance": round(float(np.mean(pyr.argmin(1) == np.arange(n))), 4),
-            }
-            if desc is not None:
-                dm, dg = desc(m), desc(gt)
-                dd = np.linalg.norm(dm[:, None] - dg[None], axis=-1)
-                dmf = desc(mean_faces[lv])
-                row.update({"dlib_same_subject": stats(np.diag(dd)), "dlib_other_subjects": stats(dd[off]),
-                            "dlib_label_mean_face": stats(np.linalg.norm(dmf - dg, axis=-1)),
-                            "rank1_reid_dlib": round(float(np.mean(dd.argmin(1) == np.arange(n))), 4)})
-            ident_scores[lv] = row
+        transfers = {}
+        for transfer in ("z-anchored", "mean-w offset"):
+            ids = idents if transfer == "z-anchored" else [replace(i, z=None) for i in idents]
+            assert all(i.transfer == transfer for i in ids)
+            ir = IdentityRenderer(rend, ids)
+            morphs = {lv: ir.images(list(range(n)), np.stack([space.encode({**ids[k].levels, "age": lv}) for k in range(n)]))
+                      for lv in ages}
+            assert all(np.array_equal(morphs[ages[0]][k], recon[k].image) for k in range(n))  # frame 0 = the projection
+            transfers[transfer] = {"judged_age_of_morphs": {lv: judged(judge, morphs[lv], lv, ages) for lv in ages[1:]},
+                                   "identity_vs_true_aged_face": identity_scores(morphs, truth, mean_faces, ages, desc)}
+            if transfer == "z-anchored":
+                sheet_morphs = morphs
         result[mode] = {
             "reconstruction": {
                 "psnr": stats([p.psnr for p in recon]), "psnr_mean_w_start": stats([p.initial_psnr for p in recon]),
                 "distance": stats([p.distance_value for p in recon]),
                 "distance_mean_w_start": stats([p.initial_distance for p in recon]),
+                "w_offset_sd": stats([p.w_offset_sd for p in recon]), "z_residual_sd": stats([p.z_residual for p in recon]),
                 "judge_age_on_projections": judged(judge, np.stack([p.image for p in recon]), ages[0], ages),
             },
-            "judged_age_of_morphs": {lv: judged(judge, morphs[lv], lv, ages) for lv in ages[1:]},
-            "identity_vs_true_aged_face": ident_scores,
+            "transfer": transfers,
             "projection_seconds_per_face": round(t_proj[mode] / n, 2),
         }
+        morphs = sheet_morphs
         rows, row_labels = [], []
         for k in range(min(n, 8)):
             rows += [[targets[k], recon[k].image] + [morphs[lv][k] for lv in ages[1:]],

@@ -469,6 +469,9 @@ def teach_score(answers, key, out):
 @click.option("--d-features", is_flag=True, help="Add the discriminator's features to the pyramid distance (a snapshot with D).")
 @click.option("--d-weight", type=float, default=1.0, show_default=True, help="Weight of --d-features.")
 @click.option("--no-noise-opt", is_flag=True, help="Keep the generator's noise buffers instead of optimising them.")
+@click.option("--w-prior", type=float, default=0.0, show_default=True,
+              help="Weight pulling w toward the label's mean w (spread units): less exact, easier to edit; 0 = StyleGAN2.")
+@click.option("--no-z-anchor", is_flag=True, help="Fit no anchor z: --w then moves the face by mean-w offsets.")
 @click.option("--lr", type=float, default=0.1, show_default=True, help="Peak learning rate (ramped up, then down).")
 @click.option("--mean-w-samples", type=click.IntRange(min=2), default=10000, show_default=True,
               help="z samples for the label's mean w (the start) and spread.")
@@ -478,7 +481,7 @@ def teach_score(answers, key, out):
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_one_line_errors
 def project(images, label, out, network, steps, seed, w_plus, distance, lpips_net, lpips_weights, d_features, d_weight,
-            no_noise_opt, lr, mean_w_samples, resize, device, force, quiet):
+            no_noise_opt, w_prior, no_z_anchor, lr, mean_w_samples, resize, device, force, quiet):
     """Project aligned photos into the generator's W (or W+) space for a condition label.
 
     IMAGES: image files or folders (searched recursively).  Per image, OUT/NAME/ gets
@@ -496,8 +499,18 @@ def project(images, label, out, network, steps, seed, w_plus, distance, lpips_ne
                                          save_projection)
     from synth.utils.io import atomic_write_text, check_out_dir, prepare_out_dir
 
-    cfg = ProjectConfig(steps=steps, seed=seed, w_plus=w_plus, initial_lr=lr, optimize_noise=not no_noise_opt,
-                        mean_w_samples=mean_w_samples).check()
+    from synth.conditions import ConditionError, parse_cond_assignments
+
+    try:  # a malformed command line is a usage error (exit 2), before anything is opened
+        cfg = ProjectConfig(steps=steps, seed=seed, w_plus=w_plus, initial_lr=lr, optimize_noise=not no_noise_opt,
+                            w_prior=w_prior, anchor_z=not no_z_anchor, mean_w_samples=mean_w_samples).check()
+        parse_cond_assignments(label)
+    except SynthesisError as e:
+        raise click.UsageError(str(e)) from None
+    except ConditionError as e:
+        raise click.UsageError(f"--label {label!r}: {e}") from None
+    if not images:
+        raise click.UsageError("no IMAGES given: name aligned photos or a folder of them")
     check_out_dir(out, force, error=SynthesisError)  # refuse before any slow work
     files = collect_images(images)
     G, space, meta, path = open_generator(network, device=device)
@@ -521,7 +534,8 @@ def project(images, label, out, network, steps, seed, w_plus, distance, lpips_ne
         save_projection(out / name, proj, tgt, space, levels, vec, net, source=str(f))
         results.append({"image": str(f), "folder": name, "w": f"{name}/projected_w.npz", "loss": proj.loss,
                         "distance_value": proj.distance_value, "initial_distance": proj.initial_distance,
-                        "psnr": proj.psnr, "initial_psnr": proj.initial_psnr})
+                        "psnr": proj.psnr, "initial_psnr": proj.initial_psnr, "w_offset_sd": proj.w_offset_sd,
+                        "z_residual": proj.z_residual})
         if not quiet:
             click.echo(f"{f}: {proj.distance} {proj.initial_distance:.4g} -> {proj.distance_value:.4g}, "
                        f"PSNR {proj.initial_psnr:.1f} -> {proj.psnr:.1f} dB", err=True)

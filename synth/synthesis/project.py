@@ -14,11 +14,15 @@ regulariser that keeps them noise-like.  The distance is
   (full size, 1/2, 1/4, ... down to 4 px), so coarse shape and fine detail both count;
   ``+d-features`` adds the discriminator's block features when the checkpoint has a D.
 
-A projected identity is an offset from its label's mean w.  It is moved to another label by
-``w' = mean_w(c') + psi * (w - mean_w(c))``, which reproduces the projection exactly at
-c' = c, psi = 1 (:func:`identity_ws`, used by ``synth morph --w`` and ``synth generate --w``).
-The optimised noise buffers travel in ``projected_w.npz`` and are put in place while the
-identity is rendered (:func:`projected_noise`).
+A projected face keeps the label it was projected for.  ``synth project`` also fits an *anchor
+z*, the z whose w at that label is nearest to the projection (:func:`anchor_z`), and the face
+moves to another label c' as ``w + mapping(z, c') - mapping(z, c)``: the generator's conditional
+mapping decides what the new label changes, as in a seed's morph, and what the mapping cannot
+reach stays as it is.  Without an anchor (``--no-z-anchor``, or an NVlabs file) the move is
+``w + mean_w(c') - mean_w(c)``.  Both reproduce the projection exactly at c' = c, psi = 1
+(:func:`identity_ws`, used by ``synth morph --w`` and ``synth generate --w``).  The optimised
+noise buffers travel in ``projected_w.npz`` and are put in place while the identity is rendered
+(:func:`projected_noise`).
 """
 from __future__ import annotations
 
@@ -66,6 +70,7 @@ __all__ = [
     "save_projection",
     "load_projected_w",
     "identity_ws",
+    "anchor_z",
     "IdentityRenderer",
     "projected_noise",
     "plan_identity",
@@ -95,6 +100,7 @@ class ProjectConfig:
     noise_reg_weight: float = 1e5
     optimize_noise: bool = True
     w_prior: float = 0.0  # weight of the squared distance of w from the label's mean w, in units of its spread
+    anchor_z: bool = True  # also fit the z whose w (at the label) is nearest: how --w moves the face to other labels
     mean_w_samples: int = 10000
     mean_w_seed: int = 0
 
@@ -253,7 +259,7 @@ class DFeatures:
         self.D = D.eval().requires_grad_(False)
         dev = next(D.parameters()).device
         self.c = torch.as_tensor(np.asarray(label, np.float32), device=dev).reshape(1, -1)
-        self._target: tuple[int, list[torch.Tensor]] | None = None
+        self._target: tuple[torch.Tensor, list[torch.Tensor]] | None = None  # (target, its features)
 
     def _feats(self, img: torch.Tensor) -> list[torch.Tensor]:
         D = self.D
@@ -266,10 +272,9 @@ class DFeatures:
         return out
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        key = id(y)
-        if self._target is None or self._target[0] != key:
+        if self._target is None or self._target[0] is not y:  # holding y keeps its identity unique
             with torch.no_grad():
-                self._target = (key, self._feats(y))
+                self._target = (y, self._feats(y))
         fx = self._feats(x)
         return sum((a - b).square().mean() / (b.square().mean() + 1e-8) for a, b in zip(fx, self._target[1]))
 
@@ -394,6 +399,8 @@ class Projection:
     initial_psnr: float
     distance: str
     config: dict = field(default_factory=dict)
+    z: np.ndarray | None = None  # anchor z [z_dim] (see :func:`anchor_z`)
+    z_residual: float = float("nan")  # distance of mapping(z, label) from mean(w), in spread units
     w_offset_sd: float = float("nan")  # root mean squared distance of w from the label's mean w, in spread units
 
 
@@ -561,6 +568,7 @@ def project(
         for p, flag in grad_flags:
             p.requires_grad_(flag)
 
+    z_anchor, z_res = (anchor_z(G, w_opt.detach()[0], label, seed=cfg.seed) if cfg.anchor_z else (None, float("nan")))
     w_final = w_opt.detach()
     w_final = (w_final if cfg.w_plus else w_final.repeat(1, num_ws, 1))[0].cpu().numpy().astype(np.float32)
     from synth.synthesis.engine import to_uint8
@@ -572,7 +580,43 @@ def project(
         loss=dist_final + cfg.noise_reg_weight * reg_final + cfg.w_prior * prior_final, w_offset_sd=prior_final ** 0.5, distance_value=dist_final, initial_distance=initial_distance,
         image=image, initial_image=initial_image, psnr=psnr(image, tgt_np), initial_psnr=psnr(initial_image, tgt_np),
         distance=getattr(distance, "name", type(distance).__name__), config=asdict(cfg),
+        z=z_anchor, z_residual=z_res / max(w_std, 1e-8) if z_anchor is not None else float("nan"),
     )
+
+
+def anchor_z(G: torch.nn.Module, w: np.ndarray | torch.Tensor, label: np.ndarray, seed: int = 0, starts: int = 16,
+             steps: int = 300, lr: float = 0.1) -> tuple[np.ndarray, float]:
+    """The z whose w at ``label`` is nearest to ``w`` (the mean over layers for W+), by Adam from
+    ``starts`` random z (only the mapping network runs): -> (z [z_dim], remaining distance).
+
+    A projected face moves to another label c' as ``w + mapping(z, c') - mapping(z, c)``: the
+    generator's own conditional mapping decides what changes, as it does for a seed's morph, and
+    the part of w the mapping cannot reach is carried along unchanged."""
+    dev = next(G.parameters()).device
+    wt = torch.as_tensor(np.asarray(w.detach().cpu() if isinstance(w, torch.Tensor) else w, np.float32), device=dev)
+    wt = wt.reshape(-1, wt.shape[-1]).mean(dim=0, keepdim=True)
+    c = torch.as_tensor(np.asarray(label, np.float32), device=dev).reshape(1, -1).expand(starts, -1)
+    gen = torch.Generator().manual_seed(int(seed) + 1)
+    z = torch.randn([starts, G.z_dim], generator=gen).to(dev).requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=lr)
+    flags = [(p, p.requires_grad) for p in G.mapping.parameters()]
+    G.mapping.requires_grad_(False)
+    try:
+        with torch.enable_grad():
+            for step in range(steps):
+                for g in opt.param_groups:
+                    g["lr"] = lr * min(1.0, (1.0 - step / steps) / 0.25)
+                loss = (_first(G.mapping(z, c)) - wt).square().sum(dim=1)
+                opt.zero_grad(set_to_none=True)
+                loss.sum().backward()
+                opt.step()
+        with torch.no_grad():
+            d = (_first(G.mapping(z, c)) - wt).square().sum(dim=1).sqrt()
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+    k = int(d.argmin())
+    return z[k].detach().cpu().numpy().astype(np.float32), float(d[k])
 
 
 # ----------------------------------------------------------------------------------------
@@ -636,7 +680,11 @@ def save_projection(folder: str | Path, proj: Projection, target: np.ndarray, sp
         "seed": np.array(int(proj.config.get("seed", 0))),
         "source": np.array(str(source)),
         "config": np.array(json.dumps(proj.config)),
+        "w_offset_sd": np.array(proj.w_offset_sd, np.float64),
     }
+    if proj.z is not None:
+        arrays["z_anchor"] = np.asarray(proj.z, np.float32)
+        arrays["z_residual"] = np.array(proj.z_residual, np.float64)
     for name, arr in proj.noise.items():
         arrays[f"noise:{name}"] = np.asarray(arr, np.float32)
     buf = io.BytesIO()
@@ -663,10 +711,15 @@ class ProjectedW:
     distance: str
     loss: float
     noise: dict[str, np.ndarray]
+    z: np.ndarray | None = None  # anchor z: moves the face with the mapping network (else by mean-w offsets)
+
+    @property
+    def transfer(self) -> str:
+        return "z-anchored" if self.z is not None else "mean-w offset"
 
     def record(self) -> dict[str, Any]:
         return {"w": str(self.path), "w_space": "W+" if self.w_plus else "W", "w_label": self.levels,
-                "w_distance": self.distance, "w_loss": self.loss}
+                "w_distance": self.distance, "w_loss": self.loss, "w_transfer": self.transfer}
 
 
 def _str(z: Any, key: str, path: Path) -> str:
@@ -722,6 +775,9 @@ def load_projected_w(path: str | Path, G: torch.nn.Module | None = None, space: 
         for k, v in noise.items():
             if shapes.get(k) != v.shape:
                 raise SynthesisError(f"--w {path}: noise buffer {k!r} does not fit the network")
+    z = np.asarray(data["z_anchor"], np.float32).reshape(-1) if "z_anchor" in data else None
+    if z is not None and (not np.isfinite(z).all() or (G is not None and z.size != G.z_dim)):
+        raise SynthesisError(f"--w {path}: 'z_anchor' has the wrong size or non-finite values")
     levels: dict[str, str] = {}
     if "label_levels" in data:
         try:
@@ -734,25 +790,37 @@ def load_projected_w(path: str | Path, G: torch.nn.Module | None = None, space: 
     return ProjectedW(
         path=path, w=w, w_plus=w_kind == "W+", label=label, levels=levels, space=w_space, network_sha256=sha,
         distance=_str(data, "distance", path) if "distance" in data else "",
-        loss=float(data["loss"]) if "loss" in data else float("nan"), noise=noise,
+        loss=float(data["loss"]) if "loss" in data else float("nan"), noise=noise, z=z,
     )
 
 
 @torch.no_grad()
 def identity_ws(renderer, ident: ProjectedW, labels: np.ndarray) -> torch.Tensor:
-    """[N, num_ws, w_dim]: the projected identity moved to each label vector,
-    ``mean_w(c') + psi * (w - mean_w(c))`` with the renderer's per-label means and psi.
-    At c' = c and psi = 1 this is exactly the projected w."""
+    """[N, num_ws, w_dim]: the projected identity moved to each label vector c'.
+
+    With an anchor z (written by ``synth project``): ``w + mapping(z, c') - mapping(z, c)``;
+    without one (e.g. an NVlabs projected_w.npz): ``w + mean_w(c') - mean_w(c)`` (per-label means
+    of the renderer).  Then truncation toward mean_w(c') with the renderer's psi.  At c' = c and
+    psi = 1 this is exactly the projected w."""
     labels = np.asarray(labels, np.float32).reshape(-1, ident.label.size)
-    w = torch.as_tensor(ident.w, device=renderer.device)
-    src = renderer.mean_w(ident.label)
+    dev = renderer.device
+    w = torch.as_tensor(ident.w, device=dev)
+    if ident.z is not None:
+        G = renderer.G
+        z = torch.as_tensor(ident.z, device=dev)[None]
+        src = _first(G.mapping(z, torch.as_tensor(ident.label, device=dev)[None]))[0]
+    else:
+        src = renderer.mean_w(ident.label)
     out = []
     for lab in labels:
-        dst = renderer.mean_w(lab)
-        if renderer.psi == 1.0:
-            out.append(w + (dst - src))
+        if ident.z is not None:
+            moved = w + (_first(G.mapping(z, torch.as_tensor(lab, device=dev)[None]))[0] - src)
         else:
-            out.append(dst + renderer.psi * (w - src))
+            moved = w + (renderer.mean_w(lab) - src)
+        if renderer.psi != 1.0:
+            dst = renderer.mean_w(lab)
+            moved = dst + renderer.psi * (moved - dst)
+        out.append(moved)
     return torch.stack(out) if out else w[None][:0]
 
 
