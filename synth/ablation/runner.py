@@ -243,6 +243,9 @@ class _Run:
             self._generators = {fold: load_fold_generator(snap, self.space, self.config.device)}  # keep one in memory
         return self._generators[fold]
 
+    def synthetic_dir(self, fold: int, arm: Arm) -> Path:
+        return self.out / "synthetic" / f"fold{fold}" / arm.name
+
     def synthetic(self, fold: int, arm: Arm):
         """Fold ``fold``'s synthetic training images of ``arm`` (generated once, then cached)."""
         from synth.conditions import ConditionError
@@ -250,7 +253,7 @@ class _Run:
         from synth.synthesis.errors import SynthesisError
         from synth.synthesis.generate import generate_products
 
-        d = self.out / "synthetic" / f"fold{fold}" / arm.name
+        d = self.synthetic_dir(fold, arm)
         while True:
             if (d / "labels.csv").is_file():  # written last: the set is complete
                 return _open(d, None, f"synthetic set {d}")
@@ -369,7 +372,7 @@ class _Run:
     def _ready(self, fold: int, arm: Arm) -> bool:
         """Whether the cell can start now (a cell needing a GAN another worker trains waits)."""
         return arm.is_reference or not self.config.gan_per_fold or fold_gan_done(self.out, fold) is not None \
-            or (self.out / "synthetic" / f"fold{fold}" / arm.name / "labels.csv").is_file()
+            or (self.synthetic_dir(fold, arm) / "labels.csv").is_file()
 
     def run_all(self) -> bool:
         """Train this worker's share of the cells; True when every cell exists at the end

@@ -239,9 +239,17 @@ class MappingNetwork(nn.Module):
         Truncating toward this per-condition average keeps the condition's identity, unlike
         the single global ``w_avg`` the reference uses for every class.
         """
+        total = torch.zeros([self.w_dim], dtype=torch.float64, device=next(self.parameters()).device)
+        for w in self.sample_ws(c, num_samples, seed, batch_size):
+            total += w.double().sum(dim=0)
+        return (total / num_samples).float()
+
+    @torch.no_grad()
+    def sample_ws(self, c: torch.Tensor | None = None, num_samples: int = 10000, seed: int = 0, batch_size: int = 2000):
+        """Batches of w [n, w_dim] for ``num_samples`` seeded z at one label vector c (the
+        samples :meth:`mean_w` averages; the same seed gives the same z)."""
         dev = next(self.parameters()).device
         gen = torch.Generator().manual_seed(int(seed))
-        total = torch.zeros([self.w_dim], dtype=torch.float64, device=dev)
         if self.c_dim > 0:
             if c is None:
                 raise ValueError("mean_w: this mapping network is conditional, give a label vector c")
@@ -253,10 +261,8 @@ class MappingNetwork(nn.Module):
             z = torch.randn([n, self.z_dim], generator=gen).to(dev)
             cc = c.expand(n, -1) if c is not None else None
             w = self.forward(z, cc, update_emas=False)
-            w = w[:, 0] if w.ndim == 3 else w
-            total += w.double().sum(dim=0)
+            yield w[:, 0] if w.ndim == 3 else w
             done += n
-        return (total / num_samples).float()
 
     def extra_repr(self) -> str:
         return f"z_dim={self.z_dim}, c_dim={self.c_dim}, w_dim={self.w_dim}, num_ws={self.num_ws}"

@@ -194,17 +194,8 @@ def label_stats(G: torch.nn.Module, label: np.ndarray, num_samples: int = 10000,
                 batch: int = 2000) -> tuple[torch.Tensor, float]:
     """(mean w [w_dim], spread) of one label over ``num_samples`` z: the projector's start and the
     unit of its w noise (spread = sqrt of the mean squared distance to the mean)."""
-    dev = next(G.parameters()).device
-    gen = torch.Generator().manual_seed(int(seed))
-    c = torch.as_tensor(np.asarray(label, np.float32), device=dev).reshape(1, -1)
-    ws = []
-    done = 0
-    while done < num_samples:
-        n = min(batch, num_samples - done)
-        z = torch.randn([n, G.z_dim], generator=gen).to(dev)
-        ws.append(_first(G.mapping(z, c.expand(n, -1))).double())
-        done += n
-    w = torch.cat(ws)
+    c = torch.as_tensor(np.asarray(label, np.float32)).reshape(1, -1)
+    w = torch.cat([ws.double() for ws in G.mapping.sample_ws(c, num_samples, seed, batch)])
     avg = w.mean(dim=0)
     std = float(((w - avg).square().sum(dim=1).mean()).sqrt())
     return avg.float(), std
