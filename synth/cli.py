@@ -22,6 +22,7 @@ def main() -> None:
       synth classify cv --data DIR   cross-validated EfficientNet classifiers and metrics
       synth generate --type TYPE     synthetic images of each published type, with a manifest
       synth morph --from A --to B    age/stage progression of one identity (strip, GIF, MP4)
+      synth project PHOTOS --label   find a real photo's latent, then morph or regenerate it (--w)
       synth mix / synth teach        style-mixing grids; teaching galleries and quizzes
       synth metrics                  condition fidelity, morph consistency, KID/FID, memorisation
       synth ablate --data DIR        accuracy gain of each synthetic image type, paired statistics

@@ -115,6 +115,7 @@ def test_two_workers_share_the_cells_and_report_as_a_serial_run(tmp_path, data, 
                        cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "0 cell(s) trained" in r.stdout and _stats(shared) == _stats(serial)
+    assert "trained with 2 classifier seeds" in (shared / "report.md").read_text()
 
 
 def test_a_killed_workers_claim_is_taken_over(tmp_path, data, network):  # noqa: F811

@@ -143,6 +143,15 @@ def render_markdown(results: dict) -> str:
                f"(n_train = {results['cv']['statistics']['accuracy']['n_train']:.0f}, "
                f"n_test = {results['cv']['statistics']['accuracy']['n_test']:.0f}); McNemar uses the pooled out-of-fold "
                "predictions of the same images.")
+    seeds = results.get("seeds", 1)
+    if seeds > 1:
+        # Seed noise is what several classifier seeds average away; show its size so a reader can
+        # compare it with the gains.
+        sds = results["cv"]["statistics"]["accuracy"]["arms"]
+        spread = ", ".join(f"{arm} {_pct(e.get('seed_sd'))}" for arm, e in sds.items())
+        out += ["", f"Each fold and arm was trained with {seeds} classifier seeds; a fold's score is their mean and the "
+                "out-of-fold predictions average their probabilities. SD of accuracy between seeds within a fold "
+                f"(points, mean over folds): {spread}."]
     for metric in METRICS:
         out += ["", f"### {metric.replace('_', ' ').capitalize()}", ""]
         out += _stat_table(results["cv"]["statistics"][metric], with_corrected=True)

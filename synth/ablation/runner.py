@@ -64,6 +64,11 @@ def cell_path(out: Path, fold: int, arm: str, seed: int = 0) -> Path:
     return out / "cells" / f"fold{fold}" / (f"{arm}.json" if seed == 0 else f"{arm}.seed{seed}.json")
 
 
+def cell_name(fold: int, arm: str, seed: int = 0, seeds: int = 1) -> str:
+    """How logs and errors name a cell: 'fold 2 / hybrid', plus ' / seed 1' when several seeds run."""
+    return f"fold {fold} / {arm}" + (f" / seed {seed}" if seeds > 1 or seed else "")
+
+
 def classifier_seed(base: int, fold: int, seed: int) -> int:
     # Same initialisation for every arm of a fold and seed index, so arms stay paired.
     return base + fold + 1000 * seed
@@ -328,7 +333,7 @@ class _Run:
         res = train_classifier(
             train, val, self.target, fcfg, out_dir=None, class_weight=self.class_weight,
             meta_extra={"fold": fold, "arm": arm.name, "seed_index": seed},
-            desc=f"fold {fold} {arm.name}" + (f" seed {seed}" if self.config.seeds > 1 else ""),
+            desc=cell_name(fold, arm.name, seed, self.config.seeds),
         )
         norm = res.meta["normalisation"]
         device = next(res.model.parameters()).device
@@ -401,7 +406,7 @@ class _Run:
                         continue
                     with claim:
                         if not path.is_file():  # finished by someone else meanwhile?
-                            bar.set_postfix_str(f"fold {fold} {arm.name}" + (f" seed {r}" if self.config.seeds > 1 else ""))
+                            bar.set_postfix_str(cell_name(fold, arm.name, r, self.config.seeds))
                             write_json(path, self.run_cell(fold, arm, r))
                             self.trained.append((fold, arm.name, r))
                     bar.update(1)
@@ -443,7 +448,7 @@ class _Run:
                     path = cell_path(self.out, f, arm.name, r)
                     rec = read_json(path)
                     if rec is None:
-                        raise AblationError(f"cell fold {f} / {arm.name}" + (f" / seed {r}" if r else "") + " has no result")
+                        raise AblationError(f"cell {cell_name(f, arm.name, r)} has no result")
                     if rec["class_names"] != names:
                         raise AblationError(f"{path}: classes differ from this run; use --force")
                     if rec["val"]["files"] != [files[i] for i in idx]:
@@ -586,7 +591,7 @@ def report_only(out_dir: str | Path, config: AblationConfig | None = None) -> Ab
     if missing:
         f, a, r = missing[0]
         raise AblationError(f"--report-only: {len(missing)} of {len(run.todo())} cells are not finished "
-                            f"(first: fold {f} / {a.name}" + (f" / seed {r}" if r else "") + "); run the workers first")
+                            f"(first: {cell_name(f, a.name, r)}); run the workers first")
     results = run.collect()
     write_report(out, results)
     return AblationResult(out, arms, run.folds, results, [])
