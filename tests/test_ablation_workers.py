@@ -93,7 +93,13 @@ def test_two_workers_share_the_cells_and_report_as_a_serial_run(tmp_path, data, 
     shared, serial = tmp_path / "shared", tmp_path / "serial"
     procs = [subprocess.Popen(_ablate_cmd(data, network, shared), env=_env(), cwd=tmp_path,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    outs = [p.communicate(timeout=300) for p in procs]
+    try:
+        outs = [p.communicate(timeout=300) for p in procs]
+    finally:  # a timed-out test must not leave its workers running
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     for p, (o, e) in zip(procs, outs):
         assert p.returncode == 0, e[-2000:]
     trained = [int(o.split(" cell(s) trained")[0].split()[-1]) for o, _ in outs]
