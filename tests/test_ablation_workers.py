@@ -148,3 +148,19 @@ def test_a_killed_workers_claim_is_taken_over(tmp_path, data, network):  # noqa:
     assert r.returncode == 0, r.stderr[-2000:]
     assert len(_cells(out)) == 8 and (out / "report.md").is_file()
     assert not list(out.rglob("*.lock"))
+
+
+def test_a_folder_another_worker_is_creating_is_not_foreign(tmp_path):
+    # Two workers start at once: the first has made --out and is writing plan.json (a hidden
+    # temporary file) when the second looks at it.
+    from synth.ablation.plan import AblationConfig, AblationError
+    from synth.ablation.runner import check_out_dir
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".plan.json.1a2b3c4d.tmp").write_text("{")
+    cfg = AblationConfig(data=str(tmp_path / "ds"))
+    assert check_out_dir(out, cfg, force=False) is False
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(AblationError, match="holds no ablation"):
+        check_out_dir(out, cfg, force=False)

@@ -103,12 +103,19 @@ def _check_config(config: AblationConfig) -> list[Arm]:
     return build_arms(config.types, config.ratios, config.mixes)
 
 
+def _is_temp(p: Path) -> bool:
+    """A half-written file of :func:`synth.utils.io.create_temp` (``.NAME.HEX.tmp``)."""
+    return p.name.startswith(".") and p.name.endswith(".tmp")
+
+
 def check_out_dir(out: Path, config: AblationConfig, force: bool) -> bool:
     """Refuse an ``out`` this ablation cannot use; change nothing.  True when ``out`` holds
     this plan already (a resume)."""
     if out.exists() and not out.is_dir():
         raise AblationError(f"--out {out}: exists and is not a folder")
-    if force or not (out.is_dir() and any(out.iterdir())):
+    # Another worker starting at the same moment may have created ``out`` and be writing plan.json:
+    # its temporary file alone does not make the folder foreign.
+    if force or not (out.is_dir() and any(not _is_temp(p) for p in out.iterdir())):
         return False
     old = read_json(out / "plan.json")
     if old is None:
