@@ -58,7 +58,7 @@ def config(data, network=None, **kw):
     from synth.ablation import AblationConfig
 
     base = dict(data=str(data), types=["unrelated", "age_progression"], k=2, network=str(network) if network else None,
-                train=tiny_train(), psi=1.0, progress=False)
+                train=tiny_train(), psi=1.0, progress=False, matched_control=False)
     base.update(kw)
     return AblationConfig(**base)
 
@@ -193,7 +193,7 @@ def test_ablation_folds_resume_and_report(tmp_path, data, network, monkeypatch):
     rec3 = Recorder()
     monkeypatch.setattr(runner, "train_classifier", rec3)
     res2 = run_ablation(cfg, out)
-    assert [c["desc"] for c in rec3.calls] == ["fold 1 unrelated"]
+    assert [c["desc"] for c in rec3.calls] == ["fold 1 / unrelated"]
     for name in ("report.md", "results.json", "per_arm.csv", "per_cell.csv", "gain.png"):
         assert (out / name).stat().st_size > 0
     results = json.loads((out / "results.json").read_text())
@@ -217,6 +217,47 @@ def test_ablation_folds_resume_and_report(tmp_path, data, network, monkeypatch):
 
     with pytest.raises(AblationError, match="different settings"):
         run_ablation(config(data, network, test_data=str(data), seed=3), out)
+
+
+def test_matched_control_repeats_real_images_with_the_synthetic_counts(tmp_path, data, network, monkeypatch):
+    from collections import Counter
+
+    import synth.ablation.runner as runner
+    from synth.ablation import AblationConfig, run_ablation
+    from synth.data.dataset import open_dataset
+
+    out = tmp_path / "out"
+    rec = Recorder()
+    monkeypatch.setattr(runner, "train_classifier", rec)
+    res = run_ablation(config(data, network, types=["unrelated"], matched_control=True, ratios=[2.0]), out)
+    assert [a.name for a in res.arms] == ["real", "real_matched_x2", "unrelated_x2"]
+    ds = open_dataset(data)
+    cell_of = {r.file: (r.labels["disease"], r.labels["age"]) for r in ds.records}
+    calls = {(int(c["desc"].split()[1]), c["desc"].split(" / ")[1]): c for c in rec.calls}
+    for fold in range(2):
+        real, ctrl, syn = (calls[fold, a] for a in ("real", "real_matched_x2", "unrelated_x2"))
+        assert set(ctrl["source"]) == {"own"}  # real images only...
+        n_real = len(real["train_files"])
+        extra = ctrl["train_files"][n_real:]
+        assert ctrl["train_files"][:n_real] == real["train_files"] and set(extra) <= set(real["train_files"])
+        # ...as many more as the synthetic arm gets, in the same cells
+        syn_set = open_dataset(out / "synthetic" / f"fold{fold}" / "unrelated_x2")
+        assert Counter(cell_of[f] for f in extra) == Counter((r.labels["disease"], r.labels["age"]) for r in syn_set.records)
+        assert len(extra) == sum(s == "extra" for s in syn["source"]) > 0
+        assert json.loads((out / "cells" / f"fold{fold}" / "real_matched_x2.json").read_text())["n_repeated"] == len(extra)
+
+    results = json.loads((out / "results.json").read_text())
+    m = results["cv"]["matched"]["real_matched_x2"]["accuracy"]
+    st = results["cv"]["statistics"]["accuracy"]["arms"]
+    assert m["reference"] == "real_matched_x2" and set(m["arms"]) == {"real_matched_x2", "unrelated_x2"}
+    gain = np.subtract(st["unrelated_x2"]["scores"], st["real_matched_x2"]["scores"]).mean()
+    assert m["arms"]["unrelated_x2"]["difference"]["mean"] == pytest.approx(gain)
+    assert "Gain over the matched control `real_matched_x2`" in (out / "report.md").read_text()
+
+    # a folder made before the control existed reports (and resumes) without it
+    plan = json.loads((out / "plan.json").read_text())
+    del plan["config"]["matched_control"]
+    assert AblationConfig.from_dict(plan["config"]).matched_control is False
 
 
 def test_gan_per_fold_trains_on_training_folds_only(tmp_path, data, monkeypatch):

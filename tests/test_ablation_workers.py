@@ -104,7 +104,7 @@ def test_two_workers_share_the_cells_and_report_as_a_serial_run(tmp_path, data, 
         assert p.returncode == 0, e[-2000:]
     trained = [int(o.split(" cell(s) trained")[0].split()[-1]) for o, _ in outs]
     cells = _cells(shared)
-    assert len(cells) == 2 * 2 * 2  # folds x arms x seeds
+    assert len(cells) == 2 * 3 * 2  # folds x arms (real, real_matched, unrelated) x seeds
     assert sum(trained) == len(cells)  # every cell trained exactly once, by one worker
     workers = {json.loads(c.read_text())["worker"]["pid"] for c in cells}
     assert workers <= {p.pid for p in procs}
@@ -146,7 +146,7 @@ def test_a_killed_workers_claim_is_taken_over(tmp_path, data, network):  # noqa:
     r = subprocess.run(_ablate_cmd(data, network, out), env=_env(), cwd=tmp_path, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert len(_cells(out)) == 8 and (out / "report.md").is_file()
+    assert len(_cells(out)) == 12 and (out / "report.md").is_file()
     assert not list(out.rglob("*.lock"))
 
 

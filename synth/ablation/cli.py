@@ -71,6 +71,10 @@ def _psi(ctx, param, value):
 @click.option("--seeds", "n_seeds", type=click.IntRange(min=1), default=1,
               help="Classifier seeds per (fold, arm); a fold's score is their mean (more seeds: narrower intervals). "
                    "Raising it on a finished folder trains only the new seeds.")
+@click.option("--matched-control/--no-matched-control", default=True, show_default=True,
+              help="Also train 'real_matched' (per ratio): the real images plus as many real training images again, "
+                   "cell by cell with the synthetic counts, so it trains for the same steps on the same label mix. "
+                   "The gain over it is what the synthetic images add beyond more training.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch CPU threads of this worker (e.g. 1 per worker when several share a machine).")
 @click.option("--claim-timeout", type=float, default=600.0, callback=_positive,
@@ -89,7 +93,10 @@ def ablate(**p) -> None:
     For every fold, a classifier is trained on the real training folds alone (arm 'real')
     and on the real training folds plus one synthetic type (one arm per type and ratio),
     then scored on the held-out fold (and --test-data). Synthetic images are made from the
-    training folds' cell counts and never enter a held-out fold.
+    training folds' cell counts and never enter a held-out fold. The control 'real_matched'
+    adds real images instead of synthetic ones (same count, same cells): a synthetic arm
+    trains for more steps than 'real', and only its gain over 'real_matched' is due to the
+    synthetic images.
 
     \b
     Examples:
@@ -140,7 +147,7 @@ def ablate(**p) -> None:
     # Bad option values are usage errors (exit 2); what the files hold is checked by the run (exit 1).
     try:
         build_arms([t.strip() for t in p["types"].split(",") if t.strip()], list(p["ratios"]) or [1.0],
-                   list(p["mixes"]) or [0.55])
+                   list(p["mixes"]) or [0.55], matched_control=p["matched_control"])
         check_model_name(p["model"])
     except (AblationError, ModelError) as e:
         raise click.UsageError(str(e).splitlines()[0]) from None
@@ -159,7 +166,7 @@ def ablate(**p) -> None:
             target=p["target"], train=train, test_data=str(p["test_data"].resolve()) if p["test_data"] else None,
             seed=p["seed"], psi=p["psi"], mixes=list(p["mixes"]) or [0.55], exclude=list(p["exclude"]) or None,
             device=p["device"], progress=not p["no_progress"], gan_options=_gan_options(p["gan_options"]),
-            seeds=p["n_seeds"], stale_after=p["claim_timeout"], wait=not p["no_wait"],
+            seeds=p["n_seeds"], matched_control=p["matched_control"], stale_after=p["claim_timeout"], wait=not p["no_wait"],
         )
         result = run_ablation(config, p["out"], force=p["force"])
     except (AblationError, ClassifierDataError, ModelError) as e:
@@ -191,9 +198,16 @@ def _summary(result) -> None:
     st = result.results["cv"]["statistics"]["accuracy"]
     n_cells = len(result.arms) * st["k"] * result.results.get("seeds", 1)
     click.echo(f"{len(result.trained)} cell(s) trained, {n_cells - len(result.trained)} from cache")
+    vs_matched = {arm: e.get("difference") for m in result.results["cv"].get("matched", {}).values()
+                  for arm, e in m["accuracy"]["arms"].items()}
+
+    def pts(d):
+        return f"{100 * d['mean']:+.1f} pts [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}]"
+
     for arm, e in st["arms"].items():
-        d = e.get("difference")
-        gain = "" if d is None else f"  gain {100 * d['mean']:+.1f} pts [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}]"
+        d, dm = e.get("difference"), vs_matched.get(arm)
+        gain = "" if d is None else f"  gain {pts(d)}"
+        gain += "" if dm is None else f"; over real_matched {pts(dm)}"
         click.echo(f"  {arm:<24s} accuracy {100 * e['mean']:.1f}%{gain}")
     if st["small_k"]:
         click.echo(f"  note: only {st['k']} folds; the intervals are wide")

@@ -1,8 +1,12 @@
 """What an ablation runs: its configuration, its arms and the checks on both.
 
-An *arm* is one training recipe: ``real`` (real training images only) or real images plus
-one synthetic product type at a size ``ratio`` times the study count rule.  Every arm is
-trained once per cross-validation fold; a (fold, arm) pair is a *cell* of the ablation.
+An *arm* is one training recipe: ``real`` (real training images only), real images plus
+one synthetic product type at a size ``ratio`` times the study count rule, or the matched
+control ``real_matched`` of a ratio: the real images plus as many *real* training images
+again, drawn cell by cell with the synthetic arms' counts.  The control trains for the same
+number of steps on the same label mix as the synthetic arms, so the gain over it is what the
+synthetic images themselves add (over ``real``, more optimisation steps count as gain too).
+Every arm is trained once per cross-validation fold; a (fold, arm) pair is a *cell*.
 """
 from __future__ import annotations
 
@@ -15,10 +19,11 @@ from typing import Any, Sequence
 from classifiers.train import TrainConfig
 from synth.synthesis.labels import PRODUCT_TYPES
 
-__all__ = ["AblationError", "AblationConfig", "Arm", "parse_type_token", "build_arms", "REFERENCE_ARM",
-           "GAN_RUNTIME_OPTIONS"]
+__all__ = ["AblationError", "AblationConfig", "Arm", "parse_type_token", "build_arms", "matched_name", "REFERENCE_ARM",
+           "MATCHED_ARM", "GAN_RUNTIME_OPTIONS"]
 
 REFERENCE_ARM = "real"
+MATCHED_ARM = "real_matched"
 # Per-fold GAN options that change how fast it trains, not what it learns: may differ
 # between the workers (and sessions) that share an output folder.
 GAN_RUNTIME_OPTIONS = ("threads", "progress", "compile")
@@ -30,19 +35,23 @@ class AblationError(ValueError):
 
 @dataclass(frozen=True)
 class Arm:
-    """One training recipe.  ``type`` is None for the real-only reference arm."""
+    """One training recipe.  ``type`` is None for real-only arms: the reference, and the
+    matched controls (``matched``: real images repeated to the count of ``ratio``)."""
 
     name: str
     type: str | None = None
     ratio: float = 0.0
     mixes: tuple[float, ...] = ()
+    matched: bool = False
 
     @property
-    def is_reference(self) -> bool:
+    def real_only(self) -> bool:
+        """Trains on real images only (needs no generator)."""
         return self.type is None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "type": self.type, "ratio": self.ratio, "mixes": list(self.mixes)}
+        return {"name": self.name, "type": self.type, "ratio": self.ratio, "mixes": list(self.mixes),
+                "matched": self.matched}
 
 
 @dataclass
@@ -69,6 +78,7 @@ class AblationConfig:
     gan_preset: str = "cpu"
     gan_options: dict[str, Any] = field(default_factory=dict)
     seeds: int = 1
+    matched_control: bool = True  # a real_matched arm per ratio (see the module docstring)
     stale_after: float = 600.0  # seconds without heartbeat before another worker takes a claim over
     wait: bool = True  # a worker with nothing left to claim waits for the others, then writes the report
     target: str = "disease"
@@ -97,6 +107,7 @@ class AblationConfig:
         """The inverse of :meth:`to_dict` (``plan.json``'s ``config``)."""
         known = {f.name for f in dataclasses.fields(cls)}
         kw = {k: v for k, v in d.items() if k in known and k != "train"}
+        kw.setdefault("matched_control", False)  # plans written before the control existed had none
         tknown = {f.name for f in dataclasses.fields(TrainConfig)}
         kw["train"] = TrainConfig(**{k: v for k, v in d.get("train", {}).items() if k in tknown})
         return cls(**kw)
@@ -105,7 +116,7 @@ class AblationConfig:
         """The settings finished cells depend on.  Arms (types, ratios) may be added to an
         existing output folder; anything else must match what the folder was made with."""
         d = self.to_dict()
-        for key in ("types", "ratios", "seeds", "progress", "device", "gen_batch", "stale_after", "wait"):
+        for key in ("types", "ratios", "seeds", "matched_control", "progress", "device", "gen_batch", "stale_after", "wait"):
             d.pop(key)
         d["gan_options"] = {k: v for k, v in d["gan_options"].items() if k not in GAN_RUNTIME_OPTIONS}
         d["train"] = {k: v for k, v in d["train"].items() if k not in ("progress", "device", "num_workers", "eval_batch")}
@@ -142,8 +153,14 @@ def _ratio_suffix(ratio: float) -> str:
     return f"x{ratio:g}".replace(".", "p")
 
 
-def build_arms(types: Sequence[str], ratios: Sequence[float], default_mixes: Sequence[float] = (0.55,)) -> list[Arm]:
-    """The reference arm, then one arm per type and ratio (a ratio suffix only when not 1)."""
+def matched_name(ratio: float) -> str:
+    return MATCHED_ARM if ratio == 1.0 else f"{MATCHED_ARM}_{_ratio_suffix(ratio)}"
+
+
+def build_arms(types: Sequence[str], ratios: Sequence[float], default_mixes: Sequence[float] = (0.55,),
+               matched_control: bool = False) -> list[Arm]:
+    """The reference arm, the matched control of each ratio (``matched_control``), then one
+    arm per type and ratio (a ratio suffix only when not 1)."""
     if not types:
         raise AblationError("--types: name at least one synthetic image type")
     ratios = list(ratios) or [1.0]
@@ -153,6 +170,8 @@ def build_arms(types: Sequence[str], ratios: Sequence[float], default_mixes: Seq
     if len(set(ratios)) != len(ratios):
         raise AblationError("--ratio: a ratio is given twice")
     arms = [Arm(REFERENCE_ARM)]
+    if matched_control:
+        arms += [Arm(matched_name(float(r)), None, float(r), (), matched=True) for r in ratios]
     seen: set[str] = set()
     for token in types:
         base, mixes, name = parse_type_token(token, default_mixes)

@@ -63,7 +63,7 @@ def _cell_rows(results: dict) -> list[list]:
 
 
 def _stat_table(st: dict, with_corrected: bool, pooled: str = "Pooled %") -> list[str]:
-    head = f"| Arm | Mean % (SD) | {pooled} | Diff vs real, pts [95% t CI] | p (paired t) |"
+    head = f"| Arm | Mean % (SD) | {pooled} | Diff vs {st['reference']}, pts [95% t CI] | p (paired t) |"
     sep = "|---|---|---|---|---|"
     if with_corrected:
         head += " Corrected CI | p (corrected) |"
@@ -113,6 +113,23 @@ def _class_table(by_arm: dict, class_names: list[str]) -> list[str]:
     return lines
 
 
+def _matched_section(matched: dict, results: dict, with_corrected: bool, pooled: str = "Pooled %") -> list[str]:
+    """Every synthetic arm against the matched control of its ratio."""
+    out: list[str] = []
+    for ctrl, m in matched.items():
+        n_rep = [row.get("n_repeated") for row in results["cv"]["folds"].get(ctrl, [])]
+        n_txt = f" ({', '.join(str(n) for n in n_rep)} per fold)" if n_rep and None not in n_rep else ""
+        out += ["", f"### Gain over the matched control `{ctrl}` (ratio {m['ratio']:g})", "",
+                f"`{ctrl}` trains on the real training images plus as many real training images again as the "
+                f"synthetic arms get{n_txt}, drawn cell by cell with the same counts: as many optimisation steps on "
+                "the same label mix, without synthetic images. Over `real`, a synthetic arm's gain includes the effect "
+                "of training longer; over this control, only what its images add.", ""]
+        for metric in METRICS:
+            out += ["", f"{metric.replace('_', ' ').capitalize()}:", ""]
+            out += _stat_table(m[metric], with_corrected=with_corrected, pooled=pooled if metric == "accuracy" else "Pooled %")
+    return out
+
+
 def render_markdown(results: dict) -> str:
     cfg = results["config"]
     k = results["k"]
@@ -155,6 +172,7 @@ def render_markdown(results: dict) -> str:
     for metric in METRICS:
         out += ["", f"### {metric.replace('_', ' ').capitalize()}", ""]
         out += _stat_table(results["cv"]["statistics"][metric], with_corrected=True)
+    out += _matched_section(results["cv"].get("matched") or {}, results, with_corrected=True)
     out += ["", "### Accuracy per class (pooled out-of-fold)", ""]
     out += _class_table(results["cv"]["oof"], results["class_names"])
     out += ["", "### Accuracy per condition cell (pooled out-of-fold, %)", ""]
@@ -169,6 +187,7 @@ def render_markdown(results: dict) -> str:
         for metric in METRICS:
             out += ["", f"### {metric.replace('_', ' ').capitalize()} of the fold models on the test set", ""]
             out += _stat_table(t["statistics"][metric], with_corrected=False, pooled="Ensemble %")
+        out += _matched_section(t.get("matched") or {}, results, with_corrected=False, pooled="Ensemble %")
         out += ["", "### Test accuracy per condition cell (ensemble, %)", ""]
         out += _cell_table(t["ensemble"], results["cell_names"])
     out += ["", "Files: `results.json` (everything), `per_arm.csv`, `per_cell.csv`, `gain.png`, `cells/` (per fold and arm).", ""]
@@ -176,21 +195,27 @@ def render_markdown(results: dict) -> str:
 
 
 def plot_gain(path: Path, results: dict) -> None:
-    """Gain of each arm over real-only (percentage points) with 95% t intervals."""
+    """Gain of each arm over real-only (percentage points) with 95% t intervals, and over the
+    matched control of its ratio where there is one."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("cv", m, results["cv"]["statistics"][m]) for m in METRICS]
+    panels = [("cv", m, results["cv"]["statistics"][m], results["cv"].get("matched") or {}) for m in METRICS]
     if results.get("test"):
-        panels.append(("test", "accuracy", results["test"]["statistics"]["accuracy"]))
+        panels.append(("test", "accuracy", results["test"]["statistics"]["accuracy"], results["test"].get("matched") or {}))
     arms = [a for a in results["cv"]["statistics"]["accuracy"]["arms"] if a != results["reference"]]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.45 * len(arms) + 2.2), squeeze=False)
     try:
-        for ax, (scope, metric, st) in zip(axes[0], panels):
+        for ax, (scope, metric, st, matched) in zip(axes[0], panels):
             ys = list(range(len(arms)))
+            over_ctrl = {a: e.get("difference") for m in matched.values() for a, e in m[metric]["arms"].items()}
             for y, arm in zip(ys, arms):
+                dm = over_ctrl.get(arm)
+                if dm is not None:
+                    ax.errorbar([100 * dm["mean"]], [y - 0.22], fmt="s", color="tab:green", capsize=3, ms=4,
+                                xerr=[[100 * (dm["mean"] - dm["ci_low"])], [100 * (dm["ci_high"] - dm["mean"])]])
                 d = st["arms"][arm].get("difference")
                 if d is None:
                     continue
@@ -202,9 +227,10 @@ def plot_gain(path: Path, results: dict) -> None:
             ax.axvline(0, color="grey", lw=0.8)
             ax.set_yticks(ys, labels=arms)
             ax.set_ylim(len(arms) - 0.5, -0.5)  # first arm on top, same layout in every panel
-            ax.set_xlabel("gain over real-only (points)")
+            ax.set_xlabel("gain (points)")
             ax.set_title(f"{scope}: {metric.replace('_', ' ')} (k={st['k']})", fontsize=9)
-        axes[0][0].text(0.0, -0.28, "dot: mean gain, bar: 95% t CI; orange: corrected (Nadeau-Bengio) CI",
+        axes[0][0].text(0.0, -0.28, "dot: mean gain over real, bar: 95% t CI; orange: corrected (Nadeau-Bengio) CI;"
+                        + ("\ngreen square: gain over the matched control (real_matched)" if results["cv"].get("matched") else ""),
                         transform=axes[0][0].transAxes, fontsize=7, va="top")
         fig.tight_layout()
         atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))

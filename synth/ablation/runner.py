@@ -100,7 +100,7 @@ def _check_config(config: AblationConfig) -> list[Arm]:
         raise AblationError(f"--claim-timeout {config.stale_after}: must be > 0")
     if not (np.isfinite(config.psi) and config.psi >= 0):
         raise AblationError(f"--psi {config.psi}: must be a finite number >= 0 (1 = no truncation)")
-    return build_arms(config.types, config.ratios, config.mixes)
+    return build_arms(config.types, config.ratios, config.mixes, matched_control=config.matched_control)
 
 
 def _is_temp(p: Path) -> bool:
@@ -308,6 +308,43 @@ class _Run:
         except (ConditionError, SynthesisError) as e:
             raise AblationError(f"{arm.name}, fold {fold}: {str(e).splitlines()[0]}") from None
 
+    def matched_repeats(self, fold: int, arm: Arm) -> np.ndarray:
+        """Real training images (indices) that the matched control adds: per cell, as many as
+        the synthetic arms of ``arm.ratio`` get there (the study count rule on this fold's
+        training images), whole copies of the cell first, then a seeded random remainder.  A
+        cell with synthetic images but no real training image draws from the training images of
+        its class.  The same images for every seed, like the synthetic sets."""
+        from synth.conditions import ConditionError
+        from synth.synthesis.counts import parse_exclusions, resolve_roles, study_counts
+
+        names = self.cell_factors
+        train_idx = np.flatnonzero(self.folds != fold)
+        by_cell: dict[tuple, list[int]] = {}
+        for i in train_idx:
+            by_cell.setdefault(self.cells[i], []).append(int(i))
+        cfg = self.config
+        try:
+            roles = resolve_roles(self.space, cfg.age_factor if cfg.age_factor in names else None)
+            base = study_counts(self.space, {c: len(v) for c, v in by_cell.items()}, roles,
+                                parse_exclusions(cfg.exclude, self.space))
+        except ConditionError as e:
+            raise AblationError(f"{arm.name}, fold {fold}: {str(e).splitlines()[0]}") from None
+        rng = np.random.default_rng([cfg.seed, fold, round(arm.ratio * 1000)])
+        picked: list[np.ndarray] = []
+        for cell in self.cell_order:
+            n = int(base.get(cell, 0) * arm.ratio + 0.5)
+            if n == 0:
+                continue
+            pool = np.asarray(by_cell.get(cell, []), dtype=np.int64)
+            if pool.size == 0:  # the class of the cell: its levels of the target factors
+                same = [i for i in train_idx if all(self.cells[i][names.index(f)] == cell[names.index(f)]
+                                                    for f in self.target.factors)]
+                if not same:
+                    raise AblationError(f"{arm.name}, fold {fold}: no training image of cell {'/'.join(cell)}'s class")
+                pool = np.asarray(same, dtype=np.int64)
+            picked += [np.tile(pool, n // pool.size), rng.choice(pool, n % pool.size, replace=False)]
+        return np.concatenate(picked) if picked else np.zeros(0, dtype=np.int64)
+
     def seed_base(self, fold: int, arm: Arm) -> int:
         # Same start for every ratio of one type (a larger ratio's images include a smaller
         # one's), different per fold and type; below 2**31 for the z generator.
@@ -323,8 +360,12 @@ class _Run:
         train_idx = np.flatnonzero(self.folds != fold)
         val_idx = np.flatnonzero(self.folds == fold)
         parts = [self.own.take(train_idx)]
-        n_syn = 0
-        if not arm.is_reference:
+        n_syn = n_rep = 0
+        if arm.matched:
+            rep = self.matched_repeats(fold, arm)
+            n_rep = len(rep)
+            parts.append(self.own.take(rep))
+        elif not arm.real_only:
             syn = self.synthetic(fold, arm)
             try:
                 enc = encode_images(syn, self.target, self.tc.size, factors=self.target.factors, source="extra")
@@ -354,7 +395,7 @@ class _Run:
             "fold": fold, "arm": arm.to_dict(), "seed_index": seed, "classifier_seed": fcfg.seed,
             "worker": {"host": socket.gethostname(), "pid": os.getpid()},
             "class_names": names, "n_train_real": int(len(train_idx)),
-            "n_synthetic": n_syn, "best_epoch": res.best_epoch,
+            "n_synthetic": n_syn, "n_repeated": n_rep, "best_epoch": res.best_epoch,
             "val": {"files": [self.imageset[i].file for i in val_idx], "probs": np.round(probs, 6).tolist(), "metrics": m},
             "test": None,
         }
@@ -364,6 +405,26 @@ class _Run:
                                   cell_order=self.cell_order)
             rec["test"] = {"probs": np.round(tp, 6).tolist(), "metrics": tm}
         return rec
+
+    def _matched_statistics(self, acc, bal, correct, n_train, n_test, pooled_metrics) -> dict:
+        """Each synthetic arm against the matched control of its ratio: what the synthetic
+        images add beyond as many more real presentations (steps) with the same label mix."""
+        from synth.ablation.stats import ablation_statistics
+
+        out = {}
+        for ctrl in (a for a in self.arms if a.matched):
+            group = [a.name for a in self.arms if not a.real_only and a.ratio == ctrl.ratio]
+            if not group:
+                continue
+            names = [ctrl.name, *group]
+            out[ctrl.name] = {
+                "ratio": ctrl.ratio,
+                "accuracy": ablation_statistics({n: acc[n] for n in names}, n_train, n_test, correct, ctrl.name),
+                "balanced_accuracy": ablation_statistics({n: bal[n] for n in names}, n_train, n_test, None, ctrl.name),
+            }
+            for n in names:  # pooled balanced accuracy of the out-of-fold (ensemble) predictions
+                out[ctrl.name]["balanced_accuracy"]["arms"][n]["pooled"] = pooled_metrics[n]["balanced_accuracy"]
+        return out
 
     # ---- scheduling --------------------------------------------------------------------------
     def todo(self) -> list[tuple[int, Arm, int]]:
@@ -383,7 +444,7 @@ class _Run:
 
     def _ready(self, fold: int, arm: Arm) -> bool:
         """Whether the cell can start now (a cell needing a GAN another worker trains waits)."""
-        return arm.is_reference or not self.config.gan_per_fold or fold_gan_done(self.out, fold) is not None \
+        return arm.real_only or not self.config.gan_per_fold or fold_gan_done(self.out, fold) is not None \
             or (self.synthetic_dir(fold, arm) / "labels.csv").is_file()
 
     def run_all(self) -> bool:
@@ -483,7 +544,7 @@ class _Run:
             fold_rows[arm.name] = [
                 {"fold": f, "accuracy": acc[arm.name][f], "balanced_accuracy": bal[arm.name][f],
                  "seed_accuracies": [rec["val"]["metrics"]["accuracy"] for rec in rs],
-                 "n_synthetic": rs[0]["n_synthetic"], "best_epoch": [rec["best_epoch"] for rec in rs]}
+                 "n_synthetic": rs[0]["n_synthetic"], "n_repeated": rs[0].get("n_repeated", 0), "best_epoch": [rec["best_epoch"] for rec in rs]}
                 for f, rs in enumerate(by_fold)
             ]
             if self.test is not None:
@@ -526,6 +587,7 @@ class _Run:
         for arm in self.arms:  # pooled balanced accuracy of the out-of-fold (ensemble) predictions
             results["cv"]["statistics"]["balanced_accuracy"]["arms"][arm.name]["pooled"] = oof_metrics[arm.name]["balanced_accuracy"]
             results["cv"]["statistics"]["accuracy"]["arms"][arm.name]["seed_sd"] = seed_sd[arm.name]
+        results["cv"]["matched"] = self._matched_statistics(acc, bal, correct, n_train, n_test, oof_metrics)
         if self.test is not None:
             results["test"] = {
                 "n_images": len(self.test_set),
@@ -534,6 +596,7 @@ class _Run:
                     "accuracy": ablation_statistics(t_acc, None, None, t_correct, REFERENCE_ARM),
                     "balanced_accuracy": ablation_statistics(t_bal, None, None, None, REFERENCE_ARM),
                 },
+                "matched": self._matched_statistics(t_acc, t_bal, t_correct, None, None, t_metrics),
             }
             for arm in self.arms:
                 results["test"]["statistics"]["balanced_accuracy"]["arms"][arm.name]["pooled"] = t_metrics[arm.name]["balanced_accuracy"]
