@@ -84,7 +84,7 @@ def main() -> None:
          "--judge-age", str(out / "judge_age"), "--per-cell", "2" if quick else "10", "--seeds", "0-7",
          "--truncation", "0.6", "--kid-subsets", "20", "--mean-w-samples", "500", "--out", str(out / "metrics"),
          "--quiet"])
-    run("10. a small ablation: real only vs real + unrelated vs real + age progression, paired statistics",
+    run("10. a small ablation: real only, its step-matched control, real + unrelated, real + age progression",
         ["ablate", "--data", str(atlas), "--network", str(network), "--types", "unrelated,age_progression",
          "--folds", "3", "--epochs", epochs, *clf, "--out", str(out / "ablation"), "--force"])
 
@@ -98,7 +98,8 @@ def main() -> None:
         ("cv/", "cross-validation metrics, per-cell accuracy and confusion matrices"),
         ("metrics/metrics.md", "judge accuracy on generated faces, morph monotonicity, KID/FID (the judges saw "
                                "the generator's training faces, so these flatter it: see BENCHMARKS.md)"),
-        ("ablation/report.md", "gain of each synthetic type over real-only, with CIs (3 folds: wide by design)"),
+        ("ablation/report.md", "gain of each synthetic type over real-only and over the step-matched control "
+                               "real_matched, with CIs (3 folds: wide by design)"),
     ]:
         print(f"  {out / rel}  -  {what}")
 
