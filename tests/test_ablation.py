@@ -253,6 +253,12 @@ def test_matched_control_repeats_real_images_with_the_synthetic_counts(tmp_path,
     gain = np.subtract(st["unrelated_x2"]["scores"], st["real_matched_x2"]["scores"]).mean()
     assert m["arms"]["unrelated_x2"]["difference"]["mean"] == pytest.approx(gain)
     assert "Gain over the matched control `real_matched_x2`" in (out / "report.md").read_text()
+    import csv
+
+    rows = list(csv.DictReader((out / "per_arm.csv").open()))
+    vs = {(r["scope"], r["metric"], r["arm"], r["reference"]) for r in rows}
+    assert ("cv", "accuracy", "unrelated_x2", "real_matched_x2") in vs and ("cv", "accuracy", "unrelated_x2", "real") in vs
+    assert ("cv", "accuracy", "real_matched_x2", "real_matched_x2") not in vs  # no row of a control against itself
 
     # a folder made before the control existed reports (and resumes) without it
     plan = json.loads((out / "plan.json").read_text())

@@ -23,31 +23,37 @@ def _p(v) -> str:
     return "n/a" if v is None else (f"{v:.3f}" if v >= 0.001 else "<0.001")
 
 
-def _scopes(results: dict):
-    yield "cv", results["cv"]["statistics"]
-    if results.get("test"):
-        yield "test", results["test"]["statistics"]
+def _comparisons(results: dict):
+    """(scope, metric, statistics) of every comparison: against real, then against each matched control."""
+    scopes = [("cv", results["cv"])] + ([("test", results["test"])] if results.get("test") else [])
+    for scope, part in scopes:
+        for metric in METRICS:
+            yield scope, metric, part["statistics"][metric]
+        for m in (part.get("matched") or {}).values():
+            for metric in METRICS:
+                st = m[metric]
+                # the control's own row is already in the comparison with real
+                yield scope, metric, {**st, "arms": {a: e for a, e in st["arms"].items() if a != st["reference"]}}
 
 
 def _arm_rows(results: dict) -> list[list]:
     rows = []
     types = {a["name"]: a for a in results["arms"]}
-    for scope, stats in _scopes(results):
-        for metric in METRICS:
-            st = stats[metric]
-            for arm, e in st["arms"].items():
-                d, c, m = e.get("difference", {}), e.get("corrected", {}), e.get("mcnemar", {})
-                rows.append([
-                    scope, metric, arm, types[arm]["type"] or "", types[arm]["ratio"], e["mean"], e["sd"], e.get("pooled"),
-                    d.get("mean"), d.get("ci_low"), d.get("ci_high"), d.get("p_value"), c.get("ci_low"), c.get("ci_high"),
-                    c.get("p_value"), m.get("reference_only"), m.get("arm_only"), m.get("p_value"), st["k"],
-                ])
+    for scope, metric, st in _comparisons(results):
+        for arm, e in st["arms"].items():
+            d, c, m = e.get("difference", {}), e.get("corrected", {}), e.get("mcnemar", {})
+            rows.append([
+                scope, metric, arm, types[arm]["type"] or "", types[arm]["ratio"], e["mean"], e["sd"], e.get("pooled"),
+                d.get("mean"), d.get("ci_low"), d.get("ci_high"), d.get("p_value"), c.get("ci_low"), c.get("ci_high"),
+                c.get("p_value"), m.get("reference_only"), m.get("arm_only"), m.get("p_value"), st["k"],
+                st["reference"],
+            ])
     return rows
 
 
 ARM_HEADER = ["scope", "metric", "arm", "type", "ratio", "mean", "sd", "pooled", "diff_mean", "diff_ci_low",
               "diff_ci_high", "p_paired_t", "corrected_ci_low", "corrected_ci_high", "p_corrected", "mcnemar_reference_only",
-              "mcnemar_arm_only", "p_mcnemar", "k"]
+              "mcnemar_arm_only", "p_mcnemar", "k", "reference"]
 
 
 def _cell_rows(results: dict) -> list[list]:
@@ -68,7 +74,7 @@ def _stat_table(st: dict, with_corrected: bool, pooled: str = "Pooled %") -> lis
     if with_corrected:
         head += " Corrected CI | p (corrected) |"
         sep += "---|---|"
-    head += " McNemar (real only / arm only, p) |"
+    head += f" McNemar ({st['reference']} only / arm only, p) |"
     sep += "---|"
     lines = [head, sep]
     for arm, e in st["arms"].items():
@@ -118,12 +124,13 @@ def _matched_section(matched: dict, results: dict, with_corrected: bool, pooled:
     out: list[str] = []
     for ctrl, m in matched.items():
         n_rep = [row.get("n_repeated") for row in results["cv"]["folds"].get(ctrl, [])]
-        n_txt = f" ({', '.join(str(n) for n in n_rep)} per fold)" if n_rep and None not in n_rep else ""
+        n_txt = "" if not n_rep or None in n_rep else (
+            f" ({n_rep[0]} per fold)" if len(set(n_rep)) == 1 else f" ({', '.join(map(str, n_rep))} per fold)")
         out += ["", f"### Gain over the matched control `{ctrl}` (ratio {m['ratio']:g})", "",
                 f"`{ctrl}` trains on the real training images plus as many real training images again as the "
                 f"synthetic arms get{n_txt}, drawn cell by cell with the same counts: as many optimisation steps on "
                 "the same label mix, without synthetic images. Over `real`, a synthetic arm's gain includes the effect "
-                "of training longer; over this control, only what its images add.", ""]
+                "of training longer; over this control, only what its images add."]
         for metric in METRICS:
             out += ["", f"{metric.replace('_', ' ').capitalize()}:", ""]
             out += _stat_table(m[metric], with_corrected=with_corrected, pooled=pooled if metric == "accuracy" else "Pooled %")
