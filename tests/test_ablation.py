@@ -266,6 +266,38 @@ def test_matched_control_repeats_real_images_with_the_synthetic_counts(tmp_path,
     assert AblationConfig.from_dict(plan["config"]).matched_control is False
 
 
+def test_one_factor_stage_data_with_factor_option(tmp_path):
+    # NF1-like data: one ordinal factor, age_progression steps through the stages (--factor stage)
+    from synth.networks import Generator
+    from synth.training.checkpoint import save_checkpoint
+
+    schema = "factors:\n- {name: stage, levels: [early, intermediate, late], embed_dim: 8, ordinal: true}\n"
+    rows = [{"file": f"img/{k:04d}.png", "stage": st, "subject": f"s{k:04d}"}
+            for k, st in enumerate(["early", "intermediate", "late"] * 4)]
+    data = write_tiny_dataset(tmp_path / "ds", rows, schema=schema)
+    space = ConditionSpace.from_dict({"factors": [
+        {"name": "stage", "levels": ["early", "intermediate", "late"], "embed_dim": 8, "ordinal": True}]})
+    torch.manual_seed(0)
+    G = Generator(z_dim=16, w_dim=16, space=space, img_resolution=16, mapping_kwargs={"num_layers": 1},
+                  synthesis_kwargs={"channel_base": 256, "channel_max": 16}).eval()
+    save_checkpoint(tmp_path / "g.ckpt", {"G_ema": G, "space": space})
+    from synth.cli import main
+
+    args = ["ablate", "--data", str(data), "--network", str(tmp_path / "g.ckpt"), "--cond", "stage", "--target", "stage",
+            "--types", "age_progression", "--folds", "2", "--model", "test_efficientnet", "--epochs", "1", "--batch", "4",
+            "--aug", "none", "--psi", "1.0", "--no-progress", "--out", str(tmp_path / "out")]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 1 and "need the ordinal factor 'age' (--factor)" in r.output
+    r = CliRunner().invoke(main, [*args, "--factor", "stage"])
+    assert r.exit_code == 0, r.output
+    assert "real_matched" in r.output and "age_progression" in r.output
+    syn = json.loads((tmp_path / "out" / "cells" / "fold0" / "age_progression.json").read_text())
+    ctrl = json.loads((tmp_path / "out" / "cells" / "fold0" / "real_matched.json").read_text())
+    # the control follows the count rule (6 training images, 2 per stage -> 2 more per stage); a
+    # progression type makes whole 5-step progressions, so its own count may differ by rounding
+    assert ctrl["n_repeated"] == 6 and syn["n_synthetic"] == 5
+
+
 def test_gan_per_fold_trains_on_training_folds_only(tmp_path, data, monkeypatch):
     from synth.ablation import run_ablation
     from synth.data.dataset import open_dataset

@@ -52,6 +52,9 @@ def _psi(ctx, param, value):
               help="Truncation psi when generating, a finite number >= 0 (the study used 0.6).")
 @click.option("--exclude-level", "exclude", multiple=True, metavar="FACTOR=LEVEL",
               help="Cells that get no synthetic images. Default: the control level (unaffected).")
+@click.option("--factor", "age_factor", default="age", show_default=True,
+              help="The ordinal factor that age_related and age_progression step through, and that the count "
+                   "rule averages over (stage for NF1-like skin data).")
 @click.option("--target", default="disease", help="Factor(s) the classifier predicts.")
 @click.option("--model", default="small_cnn",
               help="timm model name, random init unless --pretrained. The defaults are a measured CPU recipe "
@@ -166,7 +169,7 @@ def ablate(**p) -> None:
             target=p["target"], train=train, test_data=str(p["test_data"].resolve()) if p["test_data"] else None,
             seed=p["seed"], psi=p["psi"], mixes=list(p["mixes"]) or [0.55], exclude=list(p["exclude"]) or None,
             device=p["device"], progress=not p["no_progress"], gan_options=_gan_options(p["gan_options"]),
-            seeds=p["n_seeds"], matched_control=p["matched_control"], stale_after=p["claim_timeout"], wait=not p["no_wait"],
+            age_factor=p["age_factor"], seeds=p["n_seeds"], matched_control=p["matched_control"], stale_after=p["claim_timeout"], wait=not p["no_wait"],
         )
         result = run_ablation(config, p["out"], force=p["force"])
     except (AblationError, ClassifierDataError, ModelError) as e:

@@ -128,8 +128,8 @@ def _matched_section(matched: dict, results: dict, with_corrected: bool, pooled:
             f" ({n_rep[0]} per fold)" if len(set(n_rep)) == 1 else f" ({', '.join(map(str, n_rep))} per fold)")
         out += ["", f"### Gain over the matched control `{ctrl}` (ratio {m['ratio']:g})", "",
                 f"`{ctrl}` trains on the real training images plus as many real training images again as the "
-                f"synthetic arms get{n_txt}, drawn cell by cell with the same counts: as many optimisation steps on "
-                "the same label mix, without synthetic images. Over `real`, a synthetic arm's gain includes the effect "
+                f"count rule gives the synthetic arms{n_txt}, drawn cell by cell with the same counts: as many "
+                "optimisation steps on the same label mix, without synthetic images. Over `real`, a synthetic arm's gain includes the effect "
                 "of training longer; over this control, only what its images add."]
         for metric in METRICS:
             out += ["", f"{metric.replace('_', ' ').capitalize()}:", ""]

@@ -239,7 +239,7 @@ class _Run:
         needs_age = {a.type for a in self.arms} & {"age_related", "age_progression"}
         if needs_age and (self.config.age_factor not in self.space.names):
             raise AblationError(
-                f"--types {', '.join(sorted(needs_age))}: need an age factor ({self.config.age_factor!r}) in --cond"
+                f"--types {', '.join(sorted(needs_age))}: need the ordinal factor {self.config.age_factor!r} (--factor) in --cond"
             )
         if self.config.network is not None:
             G, gspace = load_fold_generator(Path(self.config.network), self.space, self.config.device)
