@@ -65,7 +65,7 @@ def cell_path(out: Path, fold: int, arm: str, seed: int = 0) -> Path:
 
 
 def cell_name(fold: int, arm: str, seed: int = 0, seeds: int = 1) -> str:
-    """How logs and errors name a cell: 'fold 2 / hybrid', plus ' / seed 1' when several seeds run."""
+    """How logs and errors name a cell: 'fold 2 / unrelated', plus ' / seed 1' when several seeds run."""
     return f"fold {fold} / {arm}" + (f" / seed {seed}" if seeds > 1 or seed else "")
 
 
