@@ -201,8 +201,9 @@ def _summary(result) -> None:
     st = result.results["cv"]["statistics"]["accuracy"]
     n_cells = len(result.arms) * st["k"] * result.results.get("seeds", 1)
     click.echo(f"{len(result.trained)} cell(s) trained, {n_cells - len(result.trained)} from cache")
-    vs_matched = {arm: e.get("difference") for m in result.results["cv"].get("matched", {}).values()
-                  for arm, e in m["accuracy"]["arms"].items()}
+    from synth.ablation.report import gains_over_matched
+
+    vs_matched = gains_over_matched(result.results["cv"])
 
     def pts(d):
         return f"{100 * d['mean']:+.1f} pts [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}]"

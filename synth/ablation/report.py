@@ -8,7 +8,7 @@ from pathlib import Path
 from classifiers.metrics import csv_text
 from synth.utils.io import atomic_save, atomic_write_text
 
-__all__ = ["write_report", "render_markdown", "plot_gain"]
+__all__ = ["write_report", "render_markdown", "plot_gain", "gains_over_matched"]
 
 METRICS = ("accuracy", "balanced_accuracy")
 
@@ -34,6 +34,13 @@ def _comparisons(results: dict):
                 st = m[metric]
                 # the control's own row is already in the comparison with real
                 yield scope, metric, {**st, "arms": {a: e for a, e in st["arms"].items() if a != st["reference"]}}
+
+
+def gains_over_matched(part: dict, metric: str = "accuracy") -> dict:
+    """``{arm: difference}`` of every synthetic arm over the matched control of its ratio, from
+    ``results["cv"]`` or ``results["test"]`` (empty without controls)."""
+    return {a: e["difference"] for m in (part.get("matched") or {}).values()
+            for a, e in m[metric]["arms"].items() if "difference" in e}
 
 
 def _arm_rows(results: dict) -> list[list]:
@@ -209,15 +216,16 @@ def plot_gain(path: Path, results: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("cv", m, results["cv"]["statistics"][m], results["cv"].get("matched") or {}) for m in METRICS]
+    panels = [("cv", m, results["cv"]) for m in METRICS]
     if results.get("test"):
-        panels.append(("test", "accuracy", results["test"]["statistics"]["accuracy"], results["test"].get("matched") or {}))
+        panels.append(("test", "accuracy", results["test"]))
     arms = [a for a in results["cv"]["statistics"]["accuracy"]["arms"] if a != results["reference"]]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.45 * len(arms) + 2.2), squeeze=False)
     try:
-        for ax, (scope, metric, st, matched) in zip(axes[0], panels):
+        for ax, (scope, metric, part) in zip(axes[0], panels):
+            st = part["statistics"][metric]
             ys = list(range(len(arms)))
-            over_ctrl = {a: e.get("difference") for m in matched.values() for a, e in m[metric]["arms"].items()}
+            over_ctrl = gains_over_matched(part, metric)
             for y, arm in zip(ys, arms):
                 dm = over_ctrl.get(arm)
                 if dm is not None:

@@ -260,11 +260,6 @@ class _Run:
 
     def synthetic(self, fold: int, arm: Arm):
         """Fold ``fold``'s synthetic training images of ``arm`` (generated once, then cached)."""
-        from synth.conditions import ConditionError
-        from synth.synthesis.counts import parse_exclusions, resolve_roles, study_counts
-        from synth.synthesis.errors import SynthesisError
-        from synth.synthesis.generate import generate_products
-
         d = self.synthetic_dir(fold, arm)
         while True:
             if (d / "labels.csv").is_file():  # written last: the set is complete
@@ -281,22 +276,30 @@ class _Run:
             self._generate(fold, arm, d)
         return _open(d, None, f"synthetic set {d}")
 
+    def _study_counts(self, fold: int, space, ratio: float):
+        """-> (counts, roles): images per cell of ``space`` that a synthetic arm of ``ratio`` gets in
+        fold ``fold`` (the study count rule on the fold's training images, times the ratio).
+        Raises ConditionError."""
+        from synth.synthesis.counts import parse_exclusions, resolve_roles, study_counts
+
+        names = list(space.names)
+        counts_in = {c: 0 for c in space.cells()}
+        for i in np.flatnonzero(self.folds != fold):
+            counts_in[tuple(self.imageset[i].labels[n] for n in names)] += 1
+        cfg = self.config
+        roles = resolve_roles(space, cfg.age_factor if cfg.age_factor in names else None)
+        base = study_counts(space, counts_in, roles, parse_exclusions(cfg.exclude, space))
+        return {c: int(n * ratio + 0.5) for c, n in base.items()}, roles
+
     def _generate(self, fold: int, arm: Arm, d: Path) -> None:
         from synth.conditions import ConditionError
-        from synth.synthesis.counts import parse_exclusions, resolve_roles, study_counts
         from synth.synthesis.errors import SynthesisError
         from synth.synthesis.generate import generate_products
 
         G, gspace = self.generator(fold)
-        names = list(gspace.names)
-        counts_in = {c: 0 for c in gspace.cells()}
-        for i in np.flatnonzero(self.folds != fold):
-            counts_in[tuple(self.imageset[i].labels[n] for n in names)] += 1
         cfg = self.config
         try:
-            roles = resolve_roles(gspace, cfg.age_factor if cfg.age_factor in names else None)
-            base = study_counts(gspace, counts_in, roles, parse_exclusions(cfg.exclude, gspace))
-            counts = {c: int(n * arm.ratio + 0.5) for c, n in base.items()}
+            counts, roles = self._study_counts(fold, gspace, arm.ratio)
             if sum(counts.values()) == 0:
                 raise AblationError(f"--ratio {arm.ratio}: every synthetic cell count rounds to zero")
             generate_products(
@@ -315,24 +318,20 @@ class _Run:
         cell with synthetic images but no real training image draws from the training images of
         its class.  The same images for every seed, like the synthetic sets."""
         from synth.conditions import ConditionError
-        from synth.synthesis.counts import parse_exclusions, resolve_roles, study_counts
 
         names = self.cell_factors
         train_idx = np.flatnonzero(self.folds != fold)
         by_cell: dict[tuple, list[int]] = {}
         for i in train_idx:
             by_cell.setdefault(self.cells[i], []).append(int(i))
-        cfg = self.config
         try:
-            roles = resolve_roles(self.space, cfg.age_factor if cfg.age_factor in names else None)
-            base = study_counts(self.space, {c: len(v) for c, v in by_cell.items()}, roles,
-                                parse_exclusions(cfg.exclude, self.space))
+            counts, _roles = self._study_counts(fold, self.space, arm.ratio)
         except ConditionError as e:
             raise AblationError(f"{arm.name}, fold {fold}: {str(e).splitlines()[0]}") from None
-        rng = np.random.default_rng([cfg.seed, fold, round(arm.ratio * 1000)])
+        rng = np.random.default_rng([self.config.seed, fold, round(arm.ratio * 1000)])
         picked: list[np.ndarray] = []
         for cell in self.cell_order:
-            n = int(base.get(cell, 0) * arm.ratio + 0.5)
+            n = counts.get(cell, 0)
             if n == 0:
                 continue
             pool = np.asarray(by_cell.get(cell, []), dtype=np.int64)
