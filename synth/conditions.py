@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -56,6 +56,9 @@ class Factor:
     """One labelled factor with ordered levels.
 
     ``ties`` maps a tied level to the levels whose mean embedding it uses.
+    ``embed_auto`` says nobody chose ``embed_dim``: a training run then sizes the embedding
+    from its latent width (:meth:`ConditionSpace.resolve_embedding`), so the label does not
+    drown z in the mapping network's input.
     ``control`` names the level that means "not affected" (used to tell affected from
     unaffected images); ``ordinal`` says the level order is a progression (age, stage).
     """
@@ -66,6 +69,7 @@ class Factor:
     ties: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     control: str | None = None
     ordinal: bool = False
+    embed_auto: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "levels", tuple(self.levels))
@@ -124,7 +128,9 @@ class Factor:
         return t
 
     def to_dict(self) -> dict:
-        d: dict = {"name": self.name, "levels": list(self.levels), "embed_dim": self.embed_dim}
+        d: dict = {"name": self.name, "levels": list(self.levels)}
+        if not self.embed_auto:
+            d["embed_dim"] = self.embed_dim
         if self.ties:
             d["ties"] = {k: list(v) for k, v in self.ties.items()}
         if self.control is not None:
@@ -144,6 +150,7 @@ class Factor:
             name=str(d["name"]),
             levels=tuple(str(x) for x in levels),
             embed_dim=int(d.get("embed_dim", 256)),
+            embed_auto="embed_dim" not in d,
             ties={str(k): tuple(str(s) for s in v) for k, v in (d.get("ties") or {}).items()},
             control=d.get("control"),
             ordinal=bool(d.get("ordinal", False)),
@@ -177,13 +184,14 @@ class ConditionSpace:
         cls,
         levels: Mapping[str, Sequence[str]] | Sequence[tuple[str, Sequence[str]]],
         embed_dims: Sequence[int] | None = None,
-        embed_total: int = DEFAULT_EMBED_TOTAL,
+        embed_total: int | None = None,
         ties: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
         controls: Mapping[str, str] | None = None,
         ordinal: Iterable[str] | None = None,
     ) -> "ConditionSpace":
         items = list(levels.items()) if isinstance(levels, Mapping) else list(levels)
-        dims = list(embed_dims) if embed_dims is not None else split_embed_total(len(items), embed_total)
+        auto = embed_dims is None and embed_total is None  # nobody chose: a training run sizes it
+        dims = list(embed_dims) if embed_dims is not None else split_embed_total(len(items), embed_total or DEFAULT_EMBED_TOTAL)
         if len(dims) != len(items):
             raise ConditionError(f"{len(dims)} embedding widths given for {len(items)} factors")
         ties = ties or {}
@@ -195,7 +203,7 @@ class ConditionSpace:
             if control is None and name not in controls:
                 control = next((c for c in KNOWN_CONTROL_LEVELS if c in lvls), None) if name == "disease" else None
             factors.append(
-                Factor(name, tuple(lvls), int(dim), ties.get(name, {}), control, name in ordinal_set)
+                Factor(name, tuple(lvls), int(dim), ties.get(name, {}), control, name in ordinal_set, auto)
             )
         return cls(factors)
 
@@ -218,8 +226,33 @@ class ConditionSpace:
         for f in self.factors:
             merged = dict(f.ties)
             merged.update({k: tuple(v) for k, v in ties.get(f.name, {}).items()})
-            new.append(Factor(f.name, f.levels, f.embed_dim, merged, f.control, f.ordinal))
+            new.append(replace(f, ties=merged))
         return ConditionSpace(new)
+
+    def with_embed_dims(self, dims: Sequence[int]) -> "ConditionSpace":
+        """A copy with these (chosen, no longer automatic) embedding widths, one per factor."""
+        dims = [int(d) for d in dims]
+        if len(dims) != len(self.factors):
+            raise ConditionError(f"{len(dims)} embedding widths given for {len(self.factors)} factors ({', '.join(self.names)})")
+        return ConditionSpace([replace(f, embed_dim=d, embed_auto=False) for f, d in zip(self.factors, dims)])
+
+    def frozen(self) -> "ConditionSpace":
+        """This space with its current widths marked as chosen (what networks and checkpoints keep)."""
+        return self.with_embed_dims(self.embed_dims) if any(f.embed_auto for f in self.factors) else self
+
+    def resolve_embedding(self, w_dim: int) -> "ConditionSpace":
+        """Fix the widths nobody chose: ``w_dim`` split evenly over the factors.
+
+        The label embedding and z are concatenated at the mapping network's input. Sized to
+        w_dim in all, the label is half of that input, as in the reference conditional
+        StyleGAN2-ADA; a 512-wide embedding beside a 128-wide z let the label decide 80% of
+        the input and every cell rendered one face. Factors whose width was chosen (in
+        conditions.yaml or a checkpoint) keep it.
+        """
+        if not any(f.embed_auto for f in self.factors):
+            return self
+        split = split_embed_total(len(self.factors), int(w_dim))
+        return self.with_embed_dims([s if f.embed_auto else f.embed_dim for f, s in zip(self.factors, split)])
 
     def subset(self, names: Sequence[str]) -> "ConditionSpace":
         """The space restricted to the named factors, in the order given."""
@@ -442,10 +475,11 @@ class ConditionSpace:
             raise ConditionError(f"{path}: not a valid condition schema ({type(e).__name__}: {e})".splitlines()[0]) from None
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, ConditionSpace) and self.to_dict() == other.to_dict()
+        # widths count, not whether someone chose them
+        return isinstance(other, ConditionSpace) and self.frozen().to_dict() == other.frozen().to_dict()
 
     def __hash__(self) -> int:
-        return hash(self.to_json())
+        return hash(self.frozen().to_json())
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{f.name}[{'/'.join(f.levels)}]x{f.embed_dim}" for f in self.factors)

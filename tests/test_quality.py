@@ -251,7 +251,7 @@ def test_cli_writes_metrics_json_and_md(setup, tmp_path):
                  "--kind", "skin", "--out", str(out), *FAST])
     assert r.exit_code == 0, r.output
     res = json.loads((out / "metrics.json").read_text())
-    assert res["settings"]["metrics"] == ["fidelity", "progression", "fid", "memorisation"]
+    assert res["settings"]["metrics"] == ["fidelity", "progression", "fid", "memorisation", "variety"]
     fid = {x["factor"]: x for x in res["fidelity"]["results"]}
     assert set(fid) == {"disease", "age"} and fid["age"]["n"] == 2 * len(SPACE.cells())
     assert 0.0 <= fid["age"]["accuracy"] <= 1.0
@@ -297,8 +297,48 @@ def test_cli_skin_stage_progression_with_age_judge(setup, tmp_path):
     assert res["fidelity"]["results"][0]["factor"] == "stage"
 
 
+def test_cli_variety_per_cell_and_overall(setup, tmp_path):
+    rows = grid_rows(SPACE.factor("disease").levels, SPACE.factor("age").levels, per_cell=4)
+    write_tiny_dataset(tmp_path / "data4", rows, size=16, seed=1)
+    base = ["--network", str(setup / "g.ckpt"), "--data", str(tmp_path / "data4"), "--metrics", "variety",
+            "--per-cell", "4", "--prdc-k", "2", *FAST[2:]]
+    keys = {"precision", "recall", "density", "coverage"}
+
+    def check_prdc(e, n):
+        assert keys <= set(e) and e["n"] == n
+        assert all(0.0 <= e[q] <= 1.0 for q in ("precision", "recall", "coverage")) and e["density"] >= 0.0
+
+    r = run_cli([*base, "--judge", str(setup / "judge"), "--out", str(tmp_path / "j")])
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "j" / "metrics.json").read_text())
+    assert res["settings"]["metrics"] == ["variety"] and res["settings"]["prdc_k"] == 2
+    v = res["variety"]
+    assert v["features"]["source"] == "judge" and v["features"]["judge"] == str(setup / "judge")
+    assert "penultimate" in v["features"]["name"] and v["pixel_size"] == 32 and v["k"] == 2  # the judge's input size
+    assert len(v["per_cell"]) == len(SPACE.cells())
+    for e in v["per_cell"].values():
+        assert (e["n_real"], e["n_real_used"], e["n_generated"]) == (4, 4, 4)
+        assert e["pixel_diversity"] > 0 and e["pixel_distance_real"] > 0
+        check_prdc(e["prdc"], 4)
+    pd = v["pixel_diversity"]
+    assert pd["n_cells"] == len(SPACE.cells()) and 0 < pd["min"] <= pd["mean"]
+    assert v["per_cell"][pd["worst_cell"]]["pixel_diversity"] == pd["min"]
+    check_prdc(v["overall"], 40)  # 80 real images pooled, halved
+    check_prdc(v["real_reference"], 40)
+    md = (tmp_path / "j" / "metrics.md").read_text()
+    assert "## Variety" in md and "real vs real (reference)" in md and "random features" not in md
+    # no judge: the random backbone, flagged as weak
+    r = run_cli([*base, "--out", str(tmp_path / "n")])
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "n" / "metrics.json").read_text())
+    assert res["variety"]["features"]["source"] == "random" and res["variety"]["pixel_size"] == 32  # --feature-size
+    assert any("random" in n and "variety" in n for n in res["notes"])
+    assert "random features are weak" in (tmp_path / "n" / "metrics.md").read_text()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--network", "{d}/missing.ckpt"], "checkpoint not found"),
+    (["--network", "{d}/g.ckpt", "--metrics", "variety"], "--data is needed"),
     (["--network", "{d}/g.ckpt", "--metrics", "fid"], "--data is needed"),
     (["--network", "{d}/g.ckpt", "--metrics", "fidelity"], "needs at least one --judge"),
     (["--network", "{d}/g.ckpt", "--judge", "{d}/stage_judge", "--metrics", "fidelity"], "judges factor 'stage'"),

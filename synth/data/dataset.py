@@ -178,9 +178,9 @@ def decode_image(data: bytes, name: str) -> Image.Image:
 
 
 class ImageSet:
-    """A labelled image collection with its condition space."""
+    """A labelled image collection with its condition space (None: unlabelled, one cell ``()``)."""
 
-    def __init__(self, storage: _Storage, space: ConditionSpace, records: list[Record]):
+    def __init__(self, storage: _Storage, space: ConditionSpace | None, records: list[Record]):
         self._storage = storage
         self.space = space
         self.records = records
@@ -214,19 +214,25 @@ class ImageSet:
 
     def label_vector(self, i: int) -> np.ndarray:
         rec = self.records[i]
+        if self.space is None:
+            return np.zeros(0, dtype=np.float32)
         return rec.soft.copy() if rec.soft is not None else self.space.encode(rec.labels)
 
     def label_matrix(self) -> np.ndarray:
-        if not self.records:
-            return np.zeros((0, self.space.c_dim), dtype=np.float32)
+        if not self.records or self.space is None:
+            return np.zeros((len(self.records), self.space.c_dim if self.space is not None else 0), dtype=np.float32)
         return np.stack([self.label_vector(i) for i in range(len(self))]).astype(np.float32)
 
     def cell_of(self, i: int, factors: Sequence[str] | None = None) -> tuple[str, ...]:
+        if self.space is None:
+            return ()
         names = list(factors) if factors is not None else list(self.space.names)
         return tuple(self.records[i].labels[n] for n in names)
 
     def cell_counts(self, factors: Sequence[str] | None = None) -> dict[tuple[str, ...], int]:
         """Image count of every cell of the named factors, zeros included, in level order."""
+        if self.space is None:
+            return {(): len(self)}
         counts = {cell: 0 for cell in self.space.cells(factors)}
         for i in range(len(self)):
             counts[self.cell_of(i, factors)] += 1
@@ -236,6 +242,8 @@ class ImageSet:
         return np.array([r.subject if r.subject else f"file:{r.file}" for r in self.records], dtype=object)
 
     def is_affected(self) -> np.ndarray:
+        if self.space is None:
+            return np.zeros(len(self), dtype=bool)
         return np.array([self.space.is_affected(r.labels) for r in self.records], dtype=bool)
 
     def subset(self, indices: Iterable[int]) -> "ImageSet":
@@ -416,7 +424,7 @@ def _read_nvlabs_json(storage: _Storage, cond: Sequence[str] | None, space: Cond
     except (KeyError, TypeError):
         raise DatasetError(f"{where}: expected {{'labels': [[file, label], ...]}}") from None
     if pairs is None:
-        raise DatasetError(f"{where}: 'labels' is null (unconditional dataset); a labelled dataset is needed")
+        raise DatasetError(f"{where}: 'labels' is null (unconditional dataset); train it with --cond none")
     schema = space or _read_schema(storage)
     if schema is not None and cond:
         schema = schema.subset(list(cond))
@@ -455,18 +463,54 @@ def _read_nvlabs_json(storage: _Storage, cond: Sequence[str] | None, space: Cond
     return ImageSet(storage, schema, records)
 
 
+def _read_unlabelled(storage: _Storage) -> ImageSet:
+    """Every image of a dataset, labels ignored: the files of labels.csv or dataset.json if
+    there is one (so a labelled dataset trains unconditionally on exactly its images), else
+    every image file under the folder."""
+    if storage.exists(LABELS_CSV):
+        where = storage.display(LABELS_CSV)
+        try:
+            rows = list(csv.DictReader(io.StringIO(storage.read(LABELS_CSV).decode("utf-8-sig"))))
+        except UnicodeDecodeError:
+            raise DatasetError(f"{where}: not UTF-8 text") from None
+        files = [(r.get("file") or "").strip() for r in rows]
+        if any(not f for f in files):
+            raise DatasetError(f"{where}: missing required column 'file' (or an empty file name)")
+    elif storage.exists(NVLABS_JSON):
+        where = storage.display(NVLABS_JSON)
+        try:
+            data = json.loads(storage.read(NVLABS_JSON).decode("utf-8"))
+            pairs = data["labels"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+            raise DatasetError(f"{where}: expected {{'labels': [[file, label], ...]}} or {{'labels': null}}") from None
+        files = [str(p[0]) if isinstance(p, (list, tuple)) else "" for p in pairs] if pairs is not None else storage.list_images()
+    else:
+        where = str(storage.path)
+        files = storage.list_images()
+    for f in files:
+        outside = _outside_reason(f)
+        if outside:
+            raise DatasetError(f"{where}: {f} {outside}; list files relative to the dataset folder")
+    return ImageSet(storage, None, [Record(f, {}) for f in files])
+
+
 def open_dataset(
     path: str | Path,
     cond: Sequence[str] | None = None,
     space: ConditionSpace | None = None,
+    unlabelled: bool = False,
 ) -> ImageSet:
     """Open a labelled dataset folder or zip.
 
     ``cond`` selects and orders the factors (e.g. ``["disease", "age"]``); ``space`` overrides
     the schema (e.g. the space stored in a checkpoint).  Label order comes from ``space``, the
-    dataset's ``conditions.yaml`` or the known defaults, never from sorting.
+    dataset's ``conditions.yaml`` or the known defaults, never from sorting.  ``unlabelled``
+    opens any image folder (or the images of a labelled one) without labels, for unconditional
+    training; its space is None.
     """
     storage = _Storage(Path(path))
+    if unlabelled:
+        return _read_unlabelled(storage)
     if storage.exists(LABELS_CSV):
         return _read_labels_csv(storage, cond, space)
     if storage.exists(NVLABS_JSON):
@@ -581,7 +625,7 @@ class TorchImageDataset:
 
     @property
     def c_dim(self) -> int:
-        return self.imageset.space.c_dim
+        return self.imageset.space.c_dim if self.imageset.space is not None else 0
 
     def label_for(self, idx: int) -> np.ndarray:
         return self._labels[idx % len(self.imageset)]

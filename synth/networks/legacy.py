@@ -42,6 +42,7 @@ __all__ = [
     "NetworkReport",
     "load_official_pickle",
     "import_official",
+    "transfer_weights",
     "generator_kwargs_from_official",
     "discriminator_kwargs_from_official",
 ]
@@ -410,7 +411,23 @@ def import_official(
     conditional tensors had to be reshaped, skipped or left fresh.
     """
     path = Path(path)
-    nets = load_official_pickle(path)
+    return transfer_weights(load_official_pickle(path), str(path), G, D, G_ema, report, strict, label_init, seed)
+
+
+def transfer_weights(
+    nets: Mapping[str, Mapping],
+    where: str,
+    G: nn.Module | None = None,
+    D: nn.Module | None = None,
+    G_ema: nn.Module | None = None,
+    report: bool = True,
+    strict: bool = False,
+    label_init: float = 0.1,
+    seed: int = 0,
+) -> ImportReport:
+    """The surgery of :func:`import_official` from state dicts: ``nets`` maps ``G``/``G_ema``/``D``
+    to ``{"state_dict": {...}}``, e.g. an unconditional snapshot of ours (``where`` names it)."""
+    path = where
     gen = torch.Generator().manual_seed(int(seed))
     plan = []
     for target, net, prefs, is_d in (("G", G, ("G", "G_ema"), False), ("G_ema", G_ema, ("G_ema", "G"), False), ("D", D, ("D",), True)):

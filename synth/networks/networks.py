@@ -62,8 +62,10 @@ NOISE_MODES = ("random", "const", "none")
 
 
 def _as_space(space: ConditionSpace | Mapping | None) -> ConditionSpace | None:
-    if space is None or isinstance(space, ConditionSpace):
+    if space is None:
         return space
+    if isinstance(space, ConditionSpace):
+        return space.frozen()  # a network's widths are fixed, whatever the schema left open
     if isinstance(space, Mapping):
         return ConditionSpace.from_dict(space)
     raise TypeError(f"space must be a ConditionSpace, its to_dict() or None, got {type(space).__name__}")

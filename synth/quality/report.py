@@ -14,9 +14,10 @@ from synth.conditions import ConditionSpace
 from synth.quality.errors import QualityError
 from synth.utils.io import atomic_write_text
 
-__all__ = ["MetricsConfig", "METRICS", "OUTPUTS", "run_metrics", "render_markdown", "write_outputs", "ordinal_factor", "resolve_kind"]
+__all__ = ["MetricsConfig", "METRICS", "OUTPUTS", "run_metrics", "render_markdown", "write_outputs", "ordinal_factor",
+           "resolve_kind", "judge_feature_extractor"]
 
-METRICS = ("fidelity", "progression", "fid", "memorisation")
+METRICS = ("fidelity", "progression", "fid", "memorisation", "variety")
 # Everything a run writes into its --out folder (``synth metrics --force`` removes these first).
 OUTPUTS = ("metrics.json", "metrics.md", "memorisation_top.png")
 
@@ -39,6 +40,7 @@ class MetricsConfig:
     kid_subsets: int = 100
     kid_subset_size: int | None = None
     top: int = 8
+    prdc_k: int = 5  # nearest neighbours of the precision/recall/density/coverage balls (variety)
     batch: int = 16
     device: str = "cpu"
     mean_w_samples: int = 2000
@@ -147,12 +149,16 @@ def _morphs(renderer, space: ConditionSpace, factor: str, cfg: MetricsConfig):
 
 
 def run_metrics(G, space: ConditionSpace, cfg: MetricsConfig, judges: Sequence = (), judge_age=None,
-                imageset=None, extractor=None, out: str | Path | None = None) -> dict:
+                imageset=None, extractor=None, out: str | Path | None = None,
+                variety_judge: str | Path | None = None) -> dict:
     """Compute the metrics named in ``cfg.metrics``; returns the JSON-ready result dict.
 
     ``judges``/``judge_age`` are :class:`synth.quality.fidelity.Judge`; ``imageset`` the real
-    training set (needed by fid and memorisation); ``extractor`` a FeatureExtractor (default:
-    the seeded random backbone).  With ``out``, the memorisation side-by-side PNG is written there.
+    training set (needed by fid, memorisation and variety); ``extractor`` a FeatureExtractor
+    (default: the seeded random backbone).  With ``out``, the memorisation side-by-side PNG is
+    written there.  ``variety_judge`` is a classifier checkpoint / cv folder whose penultimate
+    features are the PRDC feature space of the variety metric (else ``extractor``, else the
+    random backbone).
     """
     from synth.quality import fid as fidmod
     from synth.quality import memorisation as memmod
@@ -169,8 +175,10 @@ def run_metrics(G, space: ConditionSpace, cfg: MetricsConfig, judges: Sequence =
         j.check(space)
     if "fidelity" in metrics and not all_judges:
         raise QualityError("--metrics fidelity needs at least one --judge (a classifier trained on real images)")
-    if ("fid" in metrics or "memorisation" in metrics) and imageset is None:
-        raise QualityError("--data is needed for fid and memorisation (the real training images)")
+    if {"fid", "memorisation", "variety"} & set(metrics) and imageset is None:
+        raise QualityError("--data is needed for fid, memorisation and variety (the real training images)")
+    if imageset is not None and {"fid", "memorisation", "variety"} & set(metrics) and len(imageset) < 2:
+        raise QualityError(f"--data {imageset.root}: needs at least 2 images, found {len(imageset)}")
     factor = ordinal_factor(space)
     if judge_age is not None and "progression" in metrics and factor not in judge_age.factors:
         raise QualityError(f"--judge-age {judge_age.source}: judges {', '.join(judge_age.factors)}, not the "
@@ -203,7 +211,7 @@ def run_metrics(G, space: ConditionSpace, cfg: MetricsConfig, judges: Sequence =
     result["settings"]["metrics"] = list(metrics)
 
     gen = gen_cells = gen_names = None
-    if {"fidelity", "fid", "memorisation"} & set(metrics):
+    if {"fidelity", "fid", "memorisation", "variety"} & set(metrics):
         gen, gen_cells, gen_names, _ = _per_cell_images(renderer, space, cfg)
 
     if "fidelity" in metrics:
@@ -243,8 +251,6 @@ def run_metrics(G, space: ConditionSpace, cfg: MetricsConfig, judges: Sequence =
             result["progression"] = prog
 
     if imageset is not None and {"fid", "memorisation"} & set(metrics):
-        if len(imageset) < 2:
-            raise QualityError(f"--data {imageset.root}: needs at least 2 images, found {len(imageset)}")
         ex = extractor if extractor is not None else get_backbone()
         result["features"] = ex.describe()
         if not ex.comparable:
@@ -268,7 +274,123 @@ def run_metrics(G, space: ConditionSpace, cfg: MetricsConfig, judges: Sequence =
                     Path(out) / "memorisation_top.png")
                 mem["figure"] = "memorisation_top.png"
             result["memorisation"] = mem
+
+    if "variety" in metrics:
+        if variety_judge is not None:
+            vex, vsize, source = (*judge_feature_extractor(variety_judge, cfg.device, max(cfg.batch, 1), cfg.progress),
+                                  "judge")
+        elif extractor is not None:
+            vex, vsize, source = extractor, cfg.feature_size, "inception" if extractor.comparable else "given"
+        else:
+            vex, vsize, source = get_backbone(), cfg.feature_size, "random"
+            result["notes"].append("variety PRDC uses a randomly initialised backbone (no --judge): random features "
+                                   "tell faces apart poorly, so collapse shows less there; give a --judge")
+        result["variety"] = _variety(gen, gen_cells, space, imageset, int(G.img_resolution), vex, vsize, source, cfg)
+        result["variety"]["features"]["judge"] = str(variety_judge) if variety_judge is not None else None
     return _clean(result)
+
+
+def judge_feature_extractor(spec: str | Path, device: str = "cpu", batch: int = 32, progress: bool = False):
+    """Penultimate (pre-logits) features of a judge classifier -> ``(FeatureExtractor, input size)``.
+
+    A judge trained on the real faces separates what matters for the labels (and much else a
+    random backbone misses), so k-NN balls in its feature space read collapse far better.  Of a
+    cv folder the first fold model is used: the folds' feature spaces differ and cannot be mixed.
+    Images are resized (bicubic) and normalised as for the judge's predictions.
+    """
+    import torch
+
+    from classifiers.checkpoint import CheckpointError, find_checkpoints, load_classifier
+    from classifiers.ensemble import normalise
+    from synth.quality.features import FeatureExtractor
+    from synth.quality.fidelity import resize_for_judge
+
+    try:
+        files = find_checkpoints(str(spec))
+        model, meta = load_classifier(files[0], device)
+    except (CheckpointError, ValueError) as e:
+        raise QualityError(f"--judge: {str(e).splitlines()[0]}") from None
+    if not (callable(getattr(model, "forward_features", None)) and callable(getattr(model, "forward_head", None))):
+        raise QualityError(f"--judge {spec}: model {meta.get('model')!r} has no forward_features/forward_head, "
+                           "so its penultimate features cannot be read")
+    size, norm = int(meta["size"]), meta["normalisation"]
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        t = resize_for_judge(x.permute(0, 2, 3, 1).cpu().numpy(), size).to(x.device)
+        feats = model.forward_features(normalise(t, norm["mean"], norm["std"]))
+        return model.forward_head(feats, pre_logits=True).flatten(1)
+
+    extra = f", first of {len(files)} fold models" if len(files) > 1 else ""
+    name = f"penultimate features of judge {spec} ({meta.get('model')} @ {size}px{extra})"
+    return FeatureExtractor(name, False, fn, batch, device, progress), size
+
+
+def _variety(gen, gen_cells, space: ConditionSpace, imageset, resolution: int, ex, pixel_size: int, source: str,
+             cfg: MetricsConfig) -> dict:
+    """Within-cell pixel diversity and PRDC, per cell and overall (see docs/metrics.md).
+
+    Real images of a cell are a seeded sample of at most ``per_cell`` (PRDC needs equal set
+    sizes to be read against its real-vs-real values, and this bounds memory).  Pixels of one
+    cell at a time, so a large judge input size never holds every cell's pixels at once.
+    """
+    from synth.quality.features import pixel_features
+    from synth.quality.variety import mean_pairwise_distance, prdc
+
+    k = cfg.prdc_k
+    rng = np.random.default_rng(cfg.feature_seed)
+    real_idx: dict[tuple, list[int]] = {}
+    for i in range(len(imageset)):
+        real_idx.setdefault(tuple(imageset.cell_of(i)), []).append(i)
+    gen_idx: dict[tuple, list[int]] = {}
+    for j, c in enumerate(gen_cells):
+        gen_idx.setdefault(tuple(c), []).append(j)
+    gen_f = ex(gen, desc="variety features")
+    per_cell, pool_real, pool_gen = {}, [], []
+    for cell in tqdm(space.cells(), desc="variety", unit="cell", disable=not cfg.progress, leave=False):
+        cell = tuple(cell)
+        gi, ri = gen_idx.get(cell, []), real_idx.get(cell, [])
+        e: dict[str, Any] = {"n_real": len(ri), "n_generated": len(gi)}
+        if len(ri) > cfg.per_cell:
+            ri = sorted(rng.choice(ri, cfg.per_cell, replace=False).tolist())
+        e["n_real_used"] = len(ri)
+        if ri and gi:
+            real = np.stack([real_image(imageset, i, resolution) for i in ri])
+            if len(ri) >= 2 and len(gi) >= 2:
+                d_real = mean_pairwise_distance(pixel_features(real, pixel_size))
+                d_gen = mean_pairwise_distance(pixel_features(gen[gi], pixel_size))
+                e |= {"pixel_distance_real": d_real, "pixel_distance_generated": d_gen,
+                      "pixel_diversity": d_gen / d_real if d_real > 0 else None}
+            rf, gf = ex(real, desc="variety features"), gen_f[gi]
+            n = min(len(rf), len(gf))
+            pool_real.append(rf)
+            pool_gen.append(gf[rng.permutation(len(gf))[:n]])  # the pool matches the real cell mix
+            if n > k:
+                e["prdc"] = prdc(rf[rng.permutation(len(rf))[:n]], gf[rng.permutation(len(gf))[:n]], k) | {"n": n}
+        if "prdc" not in e:
+            e["note"] = f"PRDC needs more than k={k} real and generated images in the cell"
+        per_cell["|".join(cell)] = e
+    ratios = {c: e["pixel_diversity"] for c, e in per_cell.items() if e.get("pixel_diversity") is not None}
+    worst = min(ratios, key=ratios.get) if ratios else None
+    out: dict[str, Any] = {
+        "features": {"name": ex.name, "source": source}, "k": k, "pixel_size": pixel_size,
+        "pixel_diversity": {"mean": float(np.mean(list(ratios.values()))) if ratios else None,
+                            "min": ratios[worst] if worst else None, "worst_cell": worst, "n_cells": len(ratios)},
+    }
+    # Overall: real half A against a generated set of the same size, and against real half B as
+    # the reference a perfect generator would reach with these set sizes and features.
+    real = np.concatenate(pool_real) if pool_real else np.zeros((0, 1))
+    gen_pool = np.concatenate(pool_gen) if pool_gen else np.zeros((0, 1))
+    h = len(real) // 2
+    if h > k:
+        perm = rng.permutation(len(real))
+        a, b = real[perm[:h]], real[perm[h : 2 * h]]
+        out["overall"] = prdc(a, gen_pool[rng.permutation(len(gen_pool))[:h]], k) | {"n": h}
+        out["real_reference"] = prdc(a, b, k) | {"n": h}
+    else:
+        out["overall"] = out["real_reference"] = None
+        out["note"] = f"overall PRDC needs more than 2 * k = {2 * k} real images across cells, found {len(real)}"
+    out["per_cell"] = per_cell
+    return out
 
 
 # ----------------------------------------------------------------------------------------
@@ -357,7 +479,40 @@ def render_markdown(r: dict) -> str:
             lines.append(f"| {_cell(p['generated'])} | {p['real']} | {_f(p['feature_distance'])} | {_f(p['pixel_distance'])} |")
         if m.get("figure"):
             lines += ["", f"![closest pairs]({m['figure']})"]
+    if "variety" in r:
+        lines += _variety_markdown(r["variety"])
     return "\n".join(lines) + "\n"
+
+
+def _variety_markdown(v: dict) -> list[str]:
+    pd = v["pixel_diversity"]
+    worst = f" ({_cell(pd['worst_cell'])})" if pd.get("worst_cell") else ""
+    lines = ["", "## Variety (many faces per cell, or one?)", "",
+             f"- pixel diversity at {v['pixel_size']} px (generated / real mean pairwise distance within a cell; "
+             f"1 = as varied as the data, near 0 = one image per cell): mean {_f(pd['mean'])}, "
+             f"min {_f(pd['min'])}{worst} over {pd['n_cells']} cells",
+             f"- PRDC (k = {v['k']}) features: {v['features']['name']}"]
+    if v["features"]["source"] == "random":
+        lines.append("- **random features are weak for variety**: a random backbone tells faces apart poorly; "
+                     "give a --judge for PRDC in a trained feature space")
+    keys = ("precision", "recall", "density", "coverage")
+    lines += ["", "| set | n | precision | recall | density | coverage |", "|---|---|---|---|---|---|"]
+    for name, e in (("generated (overall)", v.get("overall")), ("real vs real (reference)", v.get("real_reference"))):
+        if e:
+            lines.append(f"| {name} | {e['n']} | " + " | ".join(_f(e[q]) for q in keys) + " |")
+    if v.get("note"):
+        lines.append(f"| overall | - | {v['note']} | | | |")
+    lines += ["", "Per cell (real images sampled to at most the generated count):", "",
+              "| cell | n real (used / all) | n generated | pixel diversity | precision | recall | density "
+              "| coverage |",
+              "|---|---|---|---|---|---|---|---|"]
+    for cell, e in v["per_cell"].items():
+        p = e.get("prdc") or {}
+        lines.append(f"| {_cell(cell)} | {e['n_real_used']} / {e['n_real']} | {e['n_generated']} | "
+                     f"{_f(e.get('pixel_diversity'))} | " + " | ".join(_f(p.get(q)) for q in keys) + " |")
+    lines += ["", "Real against real reads coverage about 0.9 and pixel diversity 1; a collapsed cell keeps its "
+              "precision but its recall, coverage and pixel diversity fall toward 0."]
+    return lines
 
 
 def write_outputs(result: dict, out: str | Path) -> tuple[Path, Path]:

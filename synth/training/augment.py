@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from synth.training.grid_sample_gradfix import grid_sample
+
 # The tables are torch-free so the command line can build its option choices from them.
 from synth.training.augment_specs import (
     BLIT_OPS, COLOR_OPS, CUTOUT_OPS, FILTER_OPS, GEOM_OPS, KINDS, NOISE_OPS, OPS, SPECS,
@@ -341,7 +343,7 @@ class AugmentPipe(torch.nn.Module):
         coords = torch.stack([gx, gy, torch.ones_like(gx)], dim=-1).reshape(1, h * w, 3)
         src = coords @ inv[:, :2, :].transpose(1, 2)  # [N, HW, 2]
         grid = src / torch.tensor([w / 2, h / 2], device=x.device)
-        return F.grid_sample(
+        return grid_sample(  # twice differentiable on CUDA too (the R1 penalty needs it)
             x, grid.reshape(n, h, w, 2), mode=self.interpolation, padding_mode="reflection", align_corners=False
         )
 

@@ -126,7 +126,7 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> None:
             arr = value if value.dtype != np.uint32 else value.astype(np.int64)  # safetensors lacks uint32
             tensors[f"a.{name}"] = torch.from_numpy(np.ascontiguousarray(arr)).clone()
         elif isinstance(value, ConditionSpace):
-            meta["values"][name] = {"__condition_space__": value.to_dict()}
+            meta["values"][name] = {"__condition_space__": value.frozen().to_dict()}
         else:
             meta["values"][name] = value
     try:

@@ -37,6 +37,19 @@ def next_run_dir(out: Path, desc: str) -> Path:
     return out / f"{(max(nums) + 1 if nums else 0):05d}-{desc}"
 
 
+def _parse_cond(value: str) -> list[str]:
+    """``--cond``: factor names in grid order; ``none``: unconditional ([])."""
+    names = [c.strip() for c in value.split(",") if c.strip()]
+    if not names:
+        raise click.BadParameter(f"{value!r}: name the factors (e.g. disease,age), or none for unconditional training",
+                                 param_hint="--cond")
+    if [n.lower() for n in names] == ["none"]:
+        return []
+    if any(n.lower() == "none" for n in names):
+        raise click.BadParameter(f"{value!r}: none cannot be combined with factors", param_hint="--cond")
+    return names
+
+
 def _native_resolution(imageset) -> int:
     if len(imageset) == 0:
         raise click.UsageError(f"--data {imageset.root}: dataset has no images")
@@ -66,7 +79,8 @@ def resolve_options(params: dict, given: set[str], imageset=None):
     o = TrainingOptions(
         # absolute, so `--resume` works from any working directory
         data=str(Path(params["data"]).resolve()) if params["data"] is not None else None,
-        cond=[c.strip() for c in params["cond"].split(",") if c.strip()],
+        cond=_parse_cond(params["cond"]),
+        unconditional=_parse_cond(params["cond"]) == [],
         ties=list(params["tie"]),
         resolution=res,
         preset=preset_name,
@@ -95,6 +109,8 @@ def resolve_options(params: dict, given: set[str], imageset=None):
             setattr(o, fld, params[opt])
     if params.get("z_dim") is not None:
         o.z_dim = o.w_dim = params["z_dim"]
+    if params.get("embed_dim") is not None:
+        o.embed_dim = params["embed_dim"]
     if params["batch"] is not None and "mbstd_group" not in given:
         o.mbstd_group = min(o.mbstd_group, max(params["batch"] // gpus, 1))
     if params["batch"] is not None and preset_name == "auto" and "gamma" not in given:
@@ -116,8 +132,25 @@ def resolve_options(params: dict, given: set[str], imageset=None):
     return o
 
 
+# Architecture a transfer takes from its base snapshot (TrainingOptions field -> CLI option).
+_ARCHITECTURE = {"resolution": "resolution", "z_dim": "z_dim", "w_dim": "z_dim", "map_layers": "map_layers",
+                 "channel_base": "channel_base", "channel_max": "channel_max", "mbstd_group": "batch",
+                 "num_fp16_res": "precision", "conv_clamp": "precision"}
+
 # TrainingOptions field -> CLI option, where the names differ (besides _PRESET_FIELDS).
 _CLI_NAMES = {"lecam_weight": "lecam", "cond_start_kimg": "cond_ramp", "cond_end_kimg": "cond_ramp"}
+
+
+def _parse_embed_dim(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        dims = [int(v) for v in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give a width (e.g. 64) or one per factor (e.g. 64,64)") from None
+    if any(d < 1 for d in dims):
+        raise click.BadParameter(f"{value!r}: widths must be positive")
+    return dims
 
 
 def _parse_ramp(ctx, param, value):
@@ -162,7 +195,9 @@ def _check_resume_overrides(stored, params: dict, given: set[str], fresh) -> Non
 @click.command("train", context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
 @click.option("--data", type=click.Path(exists=True, path_type=Path), default=None,
               help="Dataset folder (labels.csv [+ conditions.yaml]) or .zip. Default: the built-in face atlas.")
-@click.option("--cond", default="disease,age", help="Factors to condition on, in grid order (rows, columns).")
+@click.option("--cond", default="disease,age",
+              help="Factors to condition on, in grid order (rows, columns); none: unconditional training on the images "
+                   "alone (any image folder, labels.csv or dataset.json with labels null), e.g. a base model to fine-tune.")
 @click.option("--preset", type=click.Choice(PRESETS), default=None,
               help="Architecture/optimisation preset. Default: cpu on --device cpu, auto otherwise.")
 @click.option("--resolution", type=int, default=None, help="Training resolution (power of two). Default: cpu preset 32, else the data's.")
@@ -176,6 +211,9 @@ def _check_resume_overrides(stored, params: dict, given: set[str], fresh) -> Non
 @click.option("--channel-base", type=int, default=None, help="Channels = min(channel_base / res, channel_max).")
 @click.option("--channel-max", type=int, default=None, help="Maximum channels per layer.")
 @click.option("--z-dim", type=int, default=None, help="Latent (z and w) width.")
+@click.option("--embed-dim", callback=_parse_embed_dim, default=None, metavar="W[,W...]",
+              help="Label embedding width per factor (one value for all, or one per factor). Default: embed_dim in the "
+                   "data's conditions.yaml, else the w width split over the factors (cpu preset: 64+64 for disease x age).")
 @click.option("--mirror/--no-mirror", default=False, help="Randomly x-flip real images.")
 @click.option("--aug", type=click.Choice(["ada", "fixed", "none"]), default="ada", help="Augmentation mode.")
 @click.option("--target", type=float, default=0.6, help="ADA target for E[sign(D(real))].")
@@ -262,6 +300,7 @@ def train(ctx: click.Context, **params) -> None:
     resume = params["resume"]
     official = resume is not None and resume.suffix == ".pkl"
     true_resume = resume is not None and not official
+    transfer = False  # an unconditional snapshot of ours into a new conditional run
     try:
         imageset = None
         snap = None
@@ -271,7 +310,25 @@ def train(ctx: click.Context, **params) -> None:
             ck = load_checkpoint(snap)
             if "options" not in ck or "progress" not in ck:
                 raise click.UsageError(f"--resume {snap}: not a training snapshot (no options/progress)")
+            transfer = bool(ck["options"].get("unconditional")) and "cond" in given and _parse_cond(params["cond"]) != []
+            true_resume = not transfer
+        if transfer:
+            base = TrainingOptions.from_dict(ck["options"])
+            cond = _parse_cond(params["cond"])
+            if params["data"] is not None:
+                imageset = open_dataset(params["data"], cond=cond)
+            opts = resolve_options({**params, "preset": params["preset"] or base.preset}, given, imageset)
+            # The base's architecture, unless the user overrides a value on purpose.
+            for name, cli in _ARCHITECTURE.items():
+                if cli not in given:
+                    setattr(opts, name, getattr(base, name))
+            dataname = params["data"].stem if params["data"] is not None else "atlas"
+            desc = f"{dataname}-{'-'.join(opts.cond)}-{opts.preset}-{opts.resolution}-from-uncond"
+            run_dir = next_run_dir(params["out"], re.sub(r"[^A-Za-z0-9_.-]", "_", desc))
+        elif true_resume:
             stored = TrainingOptions.from_dict(ck["options"])
+            if stored.embed_dim is None and ck.get("space") is not None:
+                stored.embed_dim = list(ck["space"].embed_dims)  # a snapshot from before widths were recorded
             fresh = resolve_options({**params, "preset": params["preset"] or stored.preset}, given) if given else stored
             _check_resume_overrides(stored, params, given, fresh)
             opts = stored
@@ -287,11 +344,12 @@ def train(ctx: click.Context, **params) -> None:
                 raise click.UsageError(f"--data: the snapshot's dataset {opts.data} is gone; pass --data with the same images")
         else:
             if params["data"] is not None:
-                imageset = open_dataset(params["data"], cond=[c.strip() for c in params["cond"].split(",") if c.strip()])
+                cond = _parse_cond(params["cond"])
+                imageset = open_dataset(params["data"], cond=cond or None, unlabelled=not cond)
             opts = resolve_options(params, given, imageset)
             opts.validate()
             dataname = params["data"].stem if params["data"] is not None else "atlas"
-            desc = f"{dataname}-{'-'.join(opts.cond)}-{opts.preset}-{opts.resolution}"
+            desc = f"{dataname}-{'-'.join(opts.cond) or 'uncond'}-{opts.preset}-{opts.resolution}"
             run_dir = next_run_dir(params["out"], re.sub(r"[^A-Za-z0-9_.-]", "_", desc))
         opts.validate()
         world = int(os.environ.get("WORLD_SIZE", 1))
@@ -305,7 +363,7 @@ def train(ctx: click.Context, **params) -> None:
 
     if params["dry_run"]:
         out = {"run_dir": str(run_dir), "resume": str(snap or resume) if resume else None,
-               "resume_kind": "official" if official else "snapshot" if true_resume else None,
+               "resume_kind": "official" if official else "snapshot" if true_resume else "transfer" if transfer else None,
                "gpus": int(os.environ.get("WORLD_SIZE", 1)), "options": opts.to_dict()}
         click.echo(json.dumps(out, indent=2))
         return
@@ -323,6 +381,9 @@ def train(ctx: click.Context, **params) -> None:
             trainer.log(f"resumed from {snap} at kimg {trainer.cur_nimg / 1000:.3f} (tick {trainer.cur_tick}, augment p {trainer.augment_p():.4f})")
         elif official:
             trainer.log(trainer.import_official(resume))
+        elif transfer:
+            trainer.log(trainer.import_snapshot(snap, ck))
+            ck = None
         if rank == 0:
             from synth.utils.io import atomic_write_text
 
@@ -358,6 +419,8 @@ def _drop_unfinished(run_dir: Path, fresh_run: bool, trainer, rank: int) -> bool
 
 def _warn_about_data(imageset, opts) -> None:
     """One warning line for each thing about the data that a user would want to know first."""
+    if imageset.space is None:
+        return
     empty = [c for c, n in imageset.cell_counts(opts.cond or None).items() if n == 0]
     if empty:
         shown = ", ".join("/".join(c) for c in empty[:5]) + (" ..." if len(empty) > 5 else "")

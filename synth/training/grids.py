@@ -28,7 +28,11 @@ class GridLayout:
     cells: list[list[dict[str, str]]]  # level names per tile
 
 
-def grid_layout(space: ConditionSpace, samples: int = 6) -> GridLayout:
+def grid_layout(space: ConditionSpace | None, samples: int = 6) -> GridLayout:
+    if space is None:  # unconditional: rows of independent samples
+        cols = [f"sample {i}" for i in range(samples)]
+        rows = [f"row {r}" for r in range(4)]
+        return GridLayout(rows, cols, np.zeros((len(rows), samples, 0), dtype=np.float32), [[{} for _ in cols] for _ in rows])
     f0 = space.factors[0]
     rest = {f.name: f.levels[0] for f in space.factors[1:]}
     if len(space.factors) == 1:
@@ -83,6 +87,11 @@ def render_reals(dataset, layout: GridLayout, seed: int = 0) -> Image.Image:
     R, C = layout.labels.shape[:2]
     res = dataset.resolution
     tiles = np.full((R, C, 3, res, res), 96, dtype=np.uint8)
+    if space is None:  # unconditional: a random sample of the images
+        picks = rng.choice(len(imageset), size=min(R * C, len(imageset)), replace=False)
+        for k, pick in enumerate(picks):
+            tiles[k // C, k % C] = dataset.raw_image(int(pick))
+        return compose_grid(tiles, layout.row_names, layout.col_names)
     by_cell: dict[tuple, list[int]] = {}
     for i, rec in enumerate(imageset.records):
         by_cell.setdefault(tuple(rec.labels[n] for n in space.names), []).append(i)

@@ -25,6 +25,7 @@ class TrainingOptions:
     # data
     data: str | None = None  # dataset folder/zip; None = the built-in face atlas
     cond: list[str] = field(default_factory=lambda: ["disease", "age"])
+    unconditional: bool = False  # --cond none: no labels at all (a base model for conditional fine-tuning)
     ties: list[str] = field(default_factory=list)  # e.g. "stage:intermediate=early+late"
     resolution: int = 32
     mirror: bool = False  # x-flip real images at random (doubles the data)
@@ -40,6 +41,8 @@ class TrainingOptions:
     channel_max: int = 128
     mbstd_group: int = 4
     cmap_dim: int | None = None
+    # label embedding width per factor; None: what conditions.yaml says, else w_dim split over the factors
+    embed_dim: list[int] | None = None
     conv_clamp: float | None = None
     num_fp16_res: int = 0
     # optimisation
@@ -160,6 +163,14 @@ class TrainingOptions:
             bad("judge_per_cell", f"{self.judge_per_cell} must be >= 1")
         if self.time_limit is not None and not self.time_limit > 0:
             bad("time_limit", f"{self.time_limit} must be > 0 minutes")
+        if self.embed_dim is not None and (not self.embed_dim or any(int(d) < 1 for d in self.embed_dim)):
+            bad("embed_dim", f"{','.join(str(d) for d in self.embed_dim) or 'empty'}: give one positive width, or one per factor")
+        if self.unconditional:
+            used = [name for name, on in (("aux_weight", self.aux_weight > 0), ("cond_ramp", self.transitional),
+                                          ("judge", bool(self.judge)), ("affected_fraction", self.affected_fraction is not None),
+                                          ("tie", bool(self.ties)), ("embed_dim", self.embed_dim is not None)) if on]
+            if used:
+                bad(used[0], "needs labels; it cannot be used with --cond none (unconditional training)")
         if self.threads is not None and self.threads < 1:
             bad("threads", f"{self.threads} must be >= 1")
 

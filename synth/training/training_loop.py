@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from synth.conditions import ConditionSpace, parse_tie
+from synth.conditions import ConditionError, ConditionSpace, parse_tie
 from synth.training.checkpoint import CheckpointError, ModuleEntry, load_checkpoint, load_state_strict, save_checkpoint
 from synth.training.criteria import AuxClassifierLoss, LeCam, ramp_weight
 from synth.training.grids import grid_latents, grid_layout, render_fakes, render_reals
@@ -147,7 +147,7 @@ class Trainer:
             raise TrainingError(f"--batch {self.opts.batch} must be divisible by the {self.world} processes")
 
     def _setup_data(self, imageset) -> None:
-        from synth.data.dataset import TorchImageDataset, balanced_weights, open_dataset
+        from synth.data.dataset import ImageSet, Record, TorchImageDataset, balanced_weights, open_dataset
 
         o = self.opts
         if imageset is None:
@@ -157,11 +157,13 @@ class Trainer:
                 path = ensure_atlas(kind="faces", per_cell=20, resolution=max(64, o.resolution), seed=0)
             else:
                 path = o.data
-            imageset = open_dataset(path, cond=o.cond or None)
+            imageset = open_dataset(path, cond=o.cond or None, unlabelled=o.unconditional)
+        elif o.unconditional and imageset.space is not None:
+            imageset = ImageSet(imageset._storage, None, [Record(r.file, {}) for r in imageset.records])
         space = imageset.space
         for spec in o.ties:
             space = space.with_ties(parse_tie(spec))
-        self.space: ConditionSpace = space
+        self.space: ConditionSpace | None = self._embedding(space) if space is not None else None
         if len(imageset) == 0:
             raise TrainingError(f"{o.data or 'atlas'}: dataset has no images")
         self.imageset = imageset
@@ -178,7 +180,31 @@ class Trainer:
         else:
             self.sample_p = np.full(n, 1.0 / n)
         self.label_matrix = torch.from_numpy(imageset.label_matrix())
-        self.cell_labels = torch.from_numpy(np.stack([space.encode(dict(zip(space.names, c))) for c in space.cells()]))
+        if space is None:
+            self.cell_labels = torch.zeros(1, 0)
+        else:
+            self.cell_labels = torch.from_numpy(np.stack([space.encode(dict(zip(space.names, c))) for c in space.cells()]))
+
+    def _embedding(self, space: ConditionSpace) -> ConditionSpace:
+        """The label embedding widths of this run, recorded in ``opts.embed_dim`` for resumes."""
+        o = self.opts
+        if o.embed_dim is not None:
+            dims = list(o.embed_dim)
+            if len(dims) == 1 and len(space.factors) > 1:
+                dims = dims * len(space.factors)
+            try:
+                space = space.with_embed_dims(dims)
+            except ConditionError as e:
+                raise TrainingError(f"--embed-dim: {e}") from None
+        else:
+            space = space.resolve_embedding(o.w_dim)
+        o.embed_dim = list(space.embed_dims)
+        if space.embed_total > 2 * o.z_dim:
+            share = space.embed_total / (space.embed_total + o.z_dim)
+            self.log(f"warning: the label embedding ({'+'.join(map(str, space.embed_dims))} = {space.embed_total}) is much wider "
+                     f"than z ({o.z_dim}): {share:.0%} of the mapping input is the label, which tends to render one face "
+                     f"per condition cell; set --embed-dim or embed_dim in conditions.yaml near {o.w_dim // len(space.factors)}")
+        return space
 
     def _network_kwargs(self) -> tuple[dict, dict]:
         o = self.opts
@@ -459,7 +485,7 @@ class Trainer:
             # Training images per condition cell: `synth generate` applies the study's count
             # rule from these when the training data is not at hand.
             "cell_counts": [
-                {"labels": dict(zip(self.space.names, cell)), "count": int(n)}
+                {"labels": dict(zip(self.space.names if self.space is not None else (), cell)), "count": int(n)}
                 for cell, n in self.imageset.cell_counts().items()
             ],
         }
@@ -551,6 +577,27 @@ class Trainer:
         try:
             report = import_official(path, self.G, self.D, G_ema=self.G_ema, report=False)
         except ValueError as e:  # LegacyImportError: unreadable or unsafe pickle, wrong networks
+            raise TrainingError(str(e).splitlines()[0]) from None
+        return report.summary()
+
+    def import_snapshot(self, path: str | Path, ck: dict[str, Any]) -> str:
+        """Initialise G, D and G_ema from another run's snapshot (e.g. an unconditional base):
+        every tensor whose name and shape match is copied, the label embedding and fc0's new
+        label columns start fresh (fc0's z columns kept), D's projection head starts fresh;
+        returns the surgery report."""
+        from synth.networks.legacy import transfer_weights
+
+        nets = {}
+        for name in ("G", "D", "G_ema"):
+            entry = ck.get(name)
+            if isinstance(entry, ModuleEntry):
+                nets[name] = {"state_dict": entry.state_dict}
+        if "G" not in nets and "G_ema" not in nets:
+            raise TrainingError(f"--resume {path}: no generator in the snapshot")
+        try:
+            report = transfer_weights(nets, str(path), self.G, self.D if "D" in nets else None, G_ema=self.G_ema,
+                                      report=False, seed=self.opts.seed)
+        except ValueError as e:
             raise TrainingError(str(e).splitlines()[0]) from None
         return report.summary()
 
