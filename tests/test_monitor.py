@@ -68,12 +68,13 @@ def reading_judge(wrong_age_when_unaffected=False):
 def test_reading_judge_gives_exact_accuracies_and_mode_is_restored():
     G = CellPainter(SPACE).train()
     mon = FidelityMonitor([reading_judge()], SPACE, per_cell=2)
-    assert mon.score(G) == {"judge/disease": 1.0, "judge/age": 1.0, "judge/mean": 1.0}
+    assert mon.score(G) == {"judge/disease": 1.0, "judge/age": 1.0, "judge/mean": 1.0, "select": 1.0}
     assert G.training and mon.judges[0].source == "reader"
     assert G.modes and not any(G.modes)  # drew in eval mode, handed back in train mode
     # wrong age on 1 of 4 diseases: disease still right, age right on 3/4 of the images
     res = FidelityMonitor([reading_judge(True)], SPACE, per_cell=3).score(G.eval())
-    assert res == {"judge/disease": 1.0, "judge/age": pytest.approx(0.75), "judge/mean": pytest.approx(0.875)}
+    assert res == {"judge/disease": 1.0, "judge/age": pytest.approx(0.75), "judge/mean": pytest.approx(0.875),
+                   "select": pytest.approx(0.875)}  # no real images: no diversity figure, select = accuracy
     assert not G.training
 
 
@@ -83,7 +84,7 @@ def test_real_judges_keys_range_and_determinism(judges):
     rng_before = torch.get_rng_state()
     a = mon.score(G)
     assert torch.equal(rng_before, torch.get_rng_state())  # scoring leaves training's random stream alone
-    assert set(a) == {"judge/disease", "judge/age", "judge/mean"}
+    assert set(a) == {"judge/disease", "judge/age", "judge/mean", "select"}
     assert all(0.0 <= v <= 1.0 for v in a.values())
     assert a["judge/mean"] == pytest.approx((a["judge/disease"] + a["judge/age"]) / 2)
     assert G.training
@@ -123,8 +124,26 @@ def test_kid_with_real_images():
     kw = dict(per_cell=1, real_images=real, feature_model="test_resnet", feature_size=32, kid_subsets=3)
     mon = FidelityMonitor([reading_judge()], SPACE, **kw)
     res = mon.score(G)
-    assert set(res) == {"judge/disease", "judge/age", "judge/mean", "kid"}
+    assert set(res) == {"judge/disease", "judge/age", "judge/mean", "select", "kid", "variety/precision", "variety/recall",
+                        "variety/density", "variety/coverage"}
     assert np.isfinite(res["kid"]) and mon.score(G)["kid"] == res["kid"]
     assert "kid" not in FidelityMonitor([reading_judge()], SPACE, **{**kw, "kid": False}).score(G)
     only_kid = FidelityMonitor([], SPACE, **kw).score(G)  # KID alone needs no judge
-    assert set(only_kid) == {"kid"} and only_kid["kid"] == res["kid"]
+    assert "kid" in only_kid and "select" not in only_kid and only_kid["kid"] == res["kid"]
+
+
+def test_selection_rule_cannot_pick_a_collapsed_generator():
+    """A generator that paints every image of a cell alike scores full judge accuracy but a
+    low diversity ratio, and its selection score falls below a varied generator's."""
+    from synth.training.monitor import DIVERSITY_FLOOR, selection_score
+
+    rng = np.random.default_rng(0)
+    cells = [tuple(c) for c in SPACE.cells()]
+    real = rng.integers(0, 256, size=(len(cells) * 3, 8, 8, 3), dtype=np.uint8)  # CellPainter draws 8 px
+    real_cells = [c for c in cells for _ in range(3)]
+    kw = dict(per_cell=3, real_images=real, real_cells=real_cells, kid=False)
+    collapsed = FidelityMonitor([reading_judge()], SPACE, **kw).score(CellPainter(SPACE))  # one picture per cell
+    assert collapsed["judge/mean"] == 1.0 and collapsed["diversity/mean"] < 0.05
+    assert collapsed["select"] == pytest.approx(collapsed["diversity/mean"] / DIVERSITY_FLOOR)
+    assert selection_score(0.6, 0.9) == pytest.approx(0.6) and 0.6 > collapsed["select"]  # varied, less accurate: preferred
+    assert selection_score(0.6, None) == 0.6 and selection_score(None, 0.5) is None

@@ -31,7 +31,25 @@ from synth.conditions import ConditionSpace
 from synth.quality.errors import QualityError
 from synth.quality.fidelity import Judge, condition_fidelity, load_judges
 
-__all__ = ["FidelityMonitor"]
+__all__ = ["FidelityMonitor", "SELECTION_RULE", "selection_score"]
+
+# How best.ckpt is chosen. Judge accuracy alone rewards a generator that renders each cell's
+# mean face (one face per cell scores well on a judge), so the score is the judges' mean
+# accuracy scaled down by how far the cells' variety falls short of the real images': a
+# snapshot whose cells vary at least 85% as much as the real cells keeps its accuracy, a
+# collapsed one (ratio 0.3) keeps about a third of it.
+DIVERSITY_FLOOR = 0.85
+SELECTION_RULE = (f"select = judge/mean * min(1, diversity/mean / {DIVERSITY_FLOOR}); diversity/mean = mean over cells of "
+                  "the mean pairwise pixel distance among generated images of a cell over that among the real images of the cell")
+
+
+def selection_score(judge_mean: float | None, diversity: float | None) -> float | None:
+    """The score of :data:`SELECTION_RULE` (None without judges; without a diversity figure, the accuracy)."""
+    if judge_mean is None:
+        return None
+    if diversity is None:
+        return float(judge_mean)
+    return float(judge_mean) * min(1.0, float(diversity) / DIVERSITY_FLOOR)
 
 
 class FidelityMonitor:
@@ -45,7 +63,8 @@ class FidelityMonitor:
 
     def __init__(self, judges: Sequence[str | Path | Judge], space: ConditionSpace, per_cell: int = 10,
                  truncation: float = 1.0, seed: int = 0, kid: bool = True, device: str | torch.device = "cpu",
-                 real_images: np.ndarray | None = None, batch: int = 64, feature_model: str = "resnet18",
+                 real_images: np.ndarray | None = None, real_cells: Sequence[tuple] | None = None,
+                 batch: int = 64, feature_model: str = "resnet18",
                  feature_size: int = 128, kid_subsets: int = 100, mean_w_samples: int = 2000, gate: float = 0.5):
         if per_cell < 1:
             raise QualityError(f"--per-cell {per_cell}: must be >= 1")
@@ -71,6 +90,15 @@ class FidelityMonitor:
                                    f"(got {len(real_images)} and {len(self.cells)})")
             self.extractor = random_backbone_extractor(feature_model, feature_size, seed=0, device=str(device), batch=batch)
             self.real_features = self.extractor(real_images, desc="real features")  # once: the real set is fixed
+        # Within-cell variety against the real images of each cell (pixels at the training size).
+        self.real_by_cell: dict[tuple, np.ndarray] = {}
+        if real_images is not None and real_cells is not None:
+            if len(real_cells) != len(real_images):
+                raise QualityError(f"{len(real_cells)} cells given for {len(real_images)} real images")
+            for cell in set(map(tuple, real_cells)):
+                idx = [i for i, c in enumerate(real_cells) if tuple(c) == cell]
+                if len(idx) >= 2:
+                    self.real_by_cell[cell] = real_images[idx].reshape(len(idx), -1).astype(np.float32) / 255.0
         if not self.judges and self.extractor is None:
             raise QualityError("fidelity monitor: nothing to score (give --judge, or real images for KID)")
 
@@ -106,7 +134,23 @@ class FidelityMonitor:
             out["judge/mean"] = float(np.mean([out[f"judge/{f}"] for f in by_factor]))
         if self.extractor is not None:
             from synth.quality.fid import kernel_distance
+            from synth.quality.variety import prdc
 
             fake = self.extractor(images, desc="generated features")
             out["kid"] = kernel_distance(self.real_features, fake, subsets=self.kid_subsets, seed=self.seed)["kid"]
+            k = min(5, len(fake) - 1, len(self.real_features) - 1)
+            if k >= 1:
+                # random-backbone features: weak, but comparable between ticks of one run
+                out.update({f"variety/{m}": v for m, v in prdc(self.real_features, fake, k=k).items()})
+        if self.real_by_cell and self.per_cell >= 2:
+            from synth.quality.variety import within_cell_diversity
+
+            flat = images.reshape(len(images), -1).astype(np.float32) / 255.0
+            fake_by_cell = {cell: flat[[i for i, c in enumerate(self.cells) if c == cell]] for cell in self.real_by_cell}
+            div = within_cell_diversity(self.real_by_cell, fake_by_cell)
+            if div["mean"] is not None:
+                out["diversity/mean"], out["diversity/min"] = float(div["mean"]), float(div["min"])
+        select = selection_score(out.get("judge/mean"), out.get("diversity/mean"))
+        if select is not None:
+            out["select"] = select
         return out

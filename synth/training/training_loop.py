@@ -79,6 +79,12 @@ def _rank_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+def _selection_rule() -> str:
+    from synth.training.monitor import SELECTION_RULE
+
+    return SELECTION_RULE
+
+
 def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -329,17 +335,19 @@ class Trainer:
         n = min(len(self.dataset), 500)
         idx = np.random.default_rng(o.seed).choice(len(self.dataset), size=n, replace=False)
         reals = np.stack([self.dataset.raw_image(int(i)).transpose(1, 2, 0) for i in idx])
+        cells = [self.imageset.cell_of(int(i)) for i in idx]
         try:
             # 64 px random-backbone features: KID comparable between ticks of this run, cheap on a CPU.
             self.monitor = FidelityMonitor(o.judge, self.space, per_cell=o.judge_per_cell, seed=o.seed,
-                                           device=self.device, real_images=reals, feature_size=64)
+                                           device=self.device, real_images=reals, real_cells=cells, feature_size=64)
         except QualityError as e:
             raise TrainingError(str(e).splitlines()[0]) from None
 
     def _score(self) -> dict[str, float]:
-        """Judge accuracies and KID of G_ema, as ``metric/...`` stats; keeps best.ckpt by judge/mean."""
+        """Judge accuracies, variety and KID of G_ema, as ``metric/...`` stats; keeps best.ckpt by
+        the selection score (:data:`synth.training.monitor.SELECTION_RULE`: fidelity and variety)."""
         scores = {f"metric/{k}": round(float(v), 6) for k, v in self.monitor.score(self.G_ema).items()}
-        mean = scores.get("metric/judge/mean")
+        mean = scores.get("metric/select")
         if mean is not None and (self.best_judge is None or mean > self.best_judge):
             self.best_judge = mean
             if self.run_dir is not None:
@@ -482,6 +490,7 @@ class Trainer:
             },
             "kimg": self.cur_nimg / 1000,
             "augment_p": self.augment_p(),
+            "selection_rule": _selection_rule() if self.monitor is not None else None,
             # Training images per condition cell: `synth generate` applies the study's count
             # rule from these when the training data is not at hand.
             "cell_counts": [
