@@ -18,6 +18,8 @@ from typing import Any, Callable
 
 import click
 
+from synth.utils.cli_types import DEVICE_OR_AUTO, SEED
+
 __all__ = ["classify"]
 
 
@@ -179,9 +181,9 @@ def training_options(fn: Callable) -> Callable:
                      help="Start from ImageNet weights: bare --pretrained = timm's default weights from the local cache "
                           "(nothing is downloaded); or a .safetensors/.pth file. Default: random initialisation."),
         click.option("--no-pretrained", is_flag=True, help="Random initialisation (the default; overrides --pretrained)."),
-        click.option("--seed", default=0, show_default=True, type=int,
+        click.option("--seed", default=0, show_default=True, type=SEED,
                      help="Seed of initialisation, augmentation and batch order (fold k of cv uses seed + k)."),
-        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ..."),
+        click.option("--device", type=DEVICE_OR_AUTO, default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ..."),
         click.option("--workers", default=0, show_default=True, type=int, help="DataLoader worker processes."),
         click.option("--threads", default=None, type=int, help="torch CPU threads (default: torch's choice)."),
         click.option("--no-progress", is_flag=True, help="Hide progress bars."),
@@ -420,7 +422,7 @@ def _eval_targets(imageset, meta):
               help="flip: average with the horizontal mirror (faces); dihedral: 8 flips/rotations (skin, patches).")
 @click.option("--cells", "cell_factors", default=None, help="Factors of the per-cell accuracy table (default: all).")
 @click.option("--batch", default=64, show_default=True, type=int, help="Images per forward pass.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
+@click.option("--device", type=DEVICE_OR_AUTO, default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--threads", default=None, type=int, help="torch CPU threads (default: torch's choice).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder: predictions.csv, evaluate.json, metrics and confusion matrix.")
@@ -489,7 +491,7 @@ def evaluate_cmd(**o) -> None:
               help="Factors whose cells get composite (mean) maps, e.g. disease,age (default: all).")
 @click.option("--limit", default=None, type=int, help="Explain only the first N images.")
 @click.option("--no-overlays", is_flag=True, help="Skip the per-image overlay PNGs.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
+@click.option("--device", type=DEVICE_OR_AUTO, default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--threads", default=None, type=int, help="torch CPU threads (default: torch's choice).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder: maps.npz, composites.png and overlays/.")
@@ -563,7 +565,7 @@ def saliency_cmd(**o) -> None:
 @click.option("--embed-weights", type=click.Path(path_type=Path), callback=_existing_file, default=None, metavar="FILE",
               help="Local weights for --embed-model (without them the backbone keeps a seeded random init).")
 @click.option("--min-maps", default=2, show_default=True, type=int, help="Skip groups with fewer maps.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the permutations and of a random embedder.")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of the permutations and of a random embedder.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder: permutation_tests.json and p-value matrices.")
 @friendly

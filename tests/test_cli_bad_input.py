@@ -57,6 +57,17 @@ VALUE_CASES = [
     ("morph", ["--network", "{ckpt}", "--out", "{tmp}/o", "--seeds", "1-x"], "--seeds"),
     ("metrics", ["--network", "{ckpt}", "--out", "{tmp}/o", "--seeds", "9-1"], "--seeds"),
     ("data align", ["{ds}", "{ds}"], "OUT_DIR must differ from IN_DIR"),
+    # a device this machine lacks or a misspelt one, and negative seeds: refused while parsing
+    *[(cmd, [*BASE_ARGS.get(cmd, []), "--network", "{ckpt}", "--out", "{tmp}/o", "--device", "gpu"], "--device")
+      for cmd in (*RENDERING, "project")],
+    ("train", ["--device", "gpu", "--dry-run"], "'gpu': choose cpu, cuda or cuda:N"),
+    ("ablate", ["--data", "{ds}", "--network", "{ckpt}", "--out", "{tmp}/o", "--device", "cuda:x"], "--device"),
+    ("classify train", ["--data", "{ds}", "--out", "{tmp}/o", "--device", "tpu"], "(or auto)"),
+    *[(cmd, [*BASE_ARGS.get(cmd, []), "--network", "{ckpt}", "--out", "{tmp}/o", "--seed", "-1"], "--seed")
+      for cmd in ("generate", "teach make", "mix")],
+    ("train", ["--seed", "-3", "--dry-run"], "--seed"),
+    ("ablate", ["--data", "{ds}", "--network", "{ckpt}", "--out", "{tmp}/o", "--seed", "-1"], "--seed"),
+    ("train", ["--out", "{ds}/labels.csv", "--dry-run"], "is a file"),
 ]
 
 
@@ -128,3 +139,15 @@ def test_renderer_refuses_negative_and_non_finite_truncation():
         with pytest.raises(SynthesisError, match="--truncation"):
             Renderer(G, psi=psi)
     assert Renderer(G, psi=0.0).psi == 0.0 and Renderer(G, psi=1.5).psi == 1.5  # 0 and extrapolation stay allowed
+
+
+def test_cuda_on_a_machine_without_it_is_a_usage_error(tmp_path, inputs):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    for cmd in ("generate", "morph", "metrics"):
+        r, _ = invoke([*cmd.split(), *BASE_ARGS.get(cmd, []), "--network", "{ckpt}", "--out", "{tmp}/o", "--device", "cuda"],
+                      tmp_path, inputs)
+        assert_one_line_error(r, 2, "CUDA is not available on this machine")
+        assert not (tmp_path / "o").exists()

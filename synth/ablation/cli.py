@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from synth.utils.cli_types import DEVICE, SEED
+
 __all__ = ["ablate"]
 
 DEFAULT_TYPES = "unrelated,age_related,age_progression,blended,style_mixed"
@@ -70,7 +72,7 @@ def _psi(ctx, param, value):
 @click.option("--class-weight", default=None, help="'auto' or NAME=W,... (same for every arm).")
 @click.option("--aug", type=click.Choice(["faces", "skin", "none"]), default="faces", help="Classifier augmentation.")
 @click.option("--test-data", type=click.Path(path_type=Path), default=None, help="Fixed test set scored by every fold model.")
-@click.option("--seed", type=int, default=0, help="Seed of folds, GANs, synthetic images and classifiers.")
+@click.option("--seed", type=SEED, default=0, help="Seed of folds, GANs, synthetic images and classifiers.")
 @click.option("--seeds", "n_seeds", type=click.IntRange(min=1), default=1,
               help="Classifier seeds per (fold, arm); a fold's score is their mean (more seeds: narrower intervals). "
                    "Raising it on a finished folder trains only the new seeds.")
@@ -86,7 +88,7 @@ def _psi(ctx, param, value):
               help="Exit when every remaining cell is held by other workers, without the report (see --report-only).")
 @click.option("--report-only", is_flag=True,
               help="Train nothing: write the report of the finished ablation in --out (its plan.json gives the settings).")
-@click.option("--device", default="cpu", help="cpu, cuda or cuda:N.")
+@click.option("--device", type=DEVICE, default="cpu", help="cpu, cuda or cuda:N.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder (finished cells are reused).")
 @click.option("--force", is_flag=True, help="Delete this folder's earlier ablation outputs and rerun everything.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")

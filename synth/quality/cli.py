@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from synth.utils.cli_types import DEVICE
+
 __all__ = ["metrics"]
 
 
@@ -104,7 +106,7 @@ def _seeds(ctx, param, value):
 @click.option("--out", type=click.Path(path_type=Path), default=Path("metrics"), show_default=True,
               help="Folder for metrics.json, metrics.md and memorisation_top.png.")
 @click.option("--batch", type=click.IntRange(min=1), default=16, show_default=True, help="Images per forward pass.")
-@click.option("--device", default="cpu", show_default=True, help="Torch device, e.g. cpu or cuda.")
+@click.option("--device", type=DEVICE, default="cpu", show_default=True, help="Torch device, e.g. cpu or cuda.")
 @click.option("--mean-w-samples", type=click.IntRange(min=1), default=2000, show_default=True,
               help="z samples per label for the per-condition average w used by truncation.")
 @click.option("--force", is_flag=True, help="Write into a non-empty --out folder, first removing the results of an "

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from synth.utils.cli_types import DEVICE, SEED
+
 __all__ = ["generate", "morph", "mix", "teach", "project", "COMMANDS"]
 
 _TYPES = ["unrelated", "age_related", "age_progression", "blended", "style_mixed", "all"]
@@ -72,7 +74,7 @@ def _common(fn=None, *, factor: bool = True):
         click.option("--noise-mode", type=click.Choice(["const", "random", "none"]), default="const", show_default=True,
                      help="Per-pixel noise inputs: fixed buffers, fresh (seeded) noise, or off."),
         click.option("--batch", type=click.IntRange(min=1), default=16, show_default=True, help="Images per forward pass."),
-        click.option("--device", default="cpu", show_default=True, help="Torch device, e.g. cpu or cuda."),
+        click.option("--device", type=DEVICE, default="cpu", show_default=True, help="Torch device, e.g. cpu or cuda."),
         click.option("--mean-w-samples", type=click.IntRange(min=1), default=2000, show_default=True,
                      help="z samples per label for the per-condition average w used by truncation."),
         click.option("--force", is_flag=True, help="Write into a non-empty --out folder (files are overwritten)."),
@@ -201,7 +203,7 @@ def _counts(space, roles, exclude, per_cell, data, meta):
 @click.option("--styles", default=None, help="style_mixed: layers from the first image, e.g. 0-6 (default: first half of the w layers).")
 @truncation_option(0.6, "psi toward the per-condition average w (a finite number >= 0; 1 = none).")
 @click.option("--seeds", default=None, help="Seeds to draw z from, e.g. 0-999 or 1,5,9 (default: consecutive from --seed).")
-@click.option("--seed", type=int, default=0, show_default=True, help="First seed when --seeds is not given.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="First seed when --seeds is not given.")
 @click.option("--exclude-level", "exclude", multiple=True, help="FACTOR=LEVEL to skip (repeatable; 'none' keeps all) [default: the control level].")
 @_w_option("identities: one image per level of age_related, age_progression (from its own level) or blended")
 @_common
@@ -393,7 +395,7 @@ def teach():
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder (index.html).")
 @click.option("--quiz", is_flag=True, help="Also write shuffled unlabelled quiz images, quiz.html and answer_key.csv.")
 @click.option("--quiz-per-cell", type=click.IntRange(min=1), default=None, help="Quiz images per cell (default: --per-cell).")
-@click.option("--seed", type=int, default=0, show_default=True, help="First seed; also shuffles the quiz.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="First seed; also shuffles the quiz.")
 @click.option("--factor", default=None, help="Ordinal factor of the morph strips (default: age, else the first ordinal factor).")
 @click.option("--steps", type=int, default=5, show_default=True, help="Keyframes per morph strip.")
 @click.option("--exclude-level", "exclude", multiple=True, help="FACTOR=LEVEL to leave out (repeatable).")
@@ -459,7 +461,7 @@ def teach_score(answers, key, out):
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder (one sub-folder per image).")
 @click.option("--network", type=click.Path(path_type=Path), default=None, help=_NETWORK_HELP + ".")
 @click.option("--steps", type=click.IntRange(min=1), default=500, show_default=True, help="Optimisation steps per image.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the w noise (same seed, same result).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the w noise (same seed, same result).")
 @click.option("--w-plus", is_flag=True, help="Optimise one w per layer (W+) instead of a single w.")
 @click.option("--distance", type=click.Choice(["auto", "lpips", "pyramid"]), default="auto", show_default=True,
               help="auto: LPIPS when its backbone weights are on disk, else pyramid (pixel L2 over an image pyramid).")
@@ -476,7 +478,7 @@ def teach_score(answers, key, out):
 @click.option("--mean-w-samples", type=click.IntRange(min=2), default=10000, show_default=True,
               help="z samples for the label's mean w (the start) and spread.")
 @click.option("--resize", is_flag=True, help="Resize square images of another size to the generator's (Lanczos).")
-@click.option("--device", default="cpu", show_default=True, help="Torch device, e.g. cpu or cuda.")
+@click.option("--device", type=DEVICE, default="cpu", show_default=True, help="Torch device, e.g. cpu or cuda.")
 @click.option("--force", is_flag=True, help="Write into a non-empty --out folder (earlier projections are replaced).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_one_line_errors

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from synth.training.augment_specs import KINDS, SPECS
+from synth.utils.cli_types import SEED
 
 if TYPE_CHECKING:
     import torch
@@ -84,7 +85,7 @@ def _save_grid(path: str, rows: "torch.Tensor") -> None:
               help="Augmented copies per image (columns after the original).")
 @click.option("--resolution", "-r", type=click.IntRange(16, 1024), default=128, show_default=True,
               help="Preview size in pixels.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same grid).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Random seed (same seed, same grid).")
 def augment_preview(data: str, out: str, spec: str, kind: str, p: float, images: int, copies: int,
                     resolution: int, seed: int) -> None:  # fmt: skip
     """Render what the discriminator sees: each row is one image of DATA followed by augmented copies.

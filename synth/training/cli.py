@@ -11,6 +11,7 @@ import click
 
 from synth.conditions import ConditionError, parse_tie
 from synth.training.presets import PRESETS, resolve_preset
+from synth.utils.cli_types import DEVICE, SEED
 
 __all__ = ["train", "resolve_options", "next_run_dir"]
 
@@ -251,12 +252,12 @@ def _check_resume_overrides(stored, params: dict, given: set[str], fresh) -> Non
 @click.option("--resume", type=click.Path(exists=True, path_type=Path), default=None,
               help="Our snapshot or run folder (true resume), or an official .pkl (weights only, reported surgery).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs"), help="Parent folder of numbered run folders.")
-@click.option("--seed", type=int, default=0, help="Random seed.")
+@click.option("--seed", type=SEED, default=0, help="Random seed.")
 @click.option("--snap", type=int, default=None, help="Snapshot every N ticks.")
 @click.option("--tick", type=float, default=None, help="Tick length in kimg (stats, grid, progress line).")
 @click.option("--grid-per", type=click.Choice(["row", "cell"]), default="row",
               help="Grid latents: one z per row (same face across columns) or per cell.")
-@click.option("--device", default="cpu", help="cpu, cuda or cuda:N.")
+@click.option("--device", type=DEVICE, default="cpu", help="cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", help="Autocast precision (CUDA only).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (log lines only).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved options as JSON and exit without writing anything.")
@@ -297,6 +298,8 @@ def train(ctx: click.Context, **params) -> None:
     if params["device"].startswith("cuda") and not torch.cuda.is_available():
         raise click.UsageError(f"--device {params['device']}: CUDA is not available on this machine")
 
+    if params["out"].exists() and not params["out"].is_dir():
+        raise click.UsageError(f"--out {params['out']}: is a file; give a folder for the numbered run folders")
     resume = params["resume"]
     official = resume is not None and resume.suffix == ".pkl"
     true_resume = resume is not None and not official
