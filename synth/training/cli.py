@@ -280,7 +280,7 @@ def train(ctx: click.Context, **params) -> None:
     import torch
 
     from synth.data.dataset import DatasetError, open_dataset
-    from synth.training.checkpoint import CheckpointError, load_checkpoint
+    from synth.training.checkpoint import CheckpointError, ModuleEntry, load_checkpoint
     from synth.training.training_loop import (
         TrainingDiverged,
         TrainingError,
@@ -311,10 +311,11 @@ def train(ctx: click.Context, **params) -> None:
         if true_resume:
             snap = find_snapshot(resume)
             ck = load_checkpoint(snap)
-            if "options" not in ck or "progress" not in ck:
-                raise click.UsageError(f"--resume {snap}: not a training snapshot (no options/progress)")
-            transfer = bool(ck["options"].get("unconditional")) and "cond" in given and _parse_cond(params["cond"]) != []
+            transfer = bool((ck.get("options") or {}).get("unconditional")) and "cond" in given and _parse_cond(params["cond"]) != []
             true_resume = not transfer
+            if "options" not in ck or "progress" not in ck or (true_resume and not all(isinstance(ck.get(k), ModuleEntry) for k in ("G", "D"))):
+                raise click.UsageError(f"--resume {snap}: not a training snapshot (an exported generator has no discriminator "
+                                       f"or optimiser state and cannot be resumed); resume the run folder or snapshot it came from")
         if transfer:
             base = TrainingOptions.from_dict(ck["options"])
             cond = _parse_cond(params["cond"])
