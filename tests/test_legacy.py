@@ -231,3 +231,33 @@ def test_unreadable_inputs_give_one_line_errors(tmp_path):
     notnet.write_bytes(pickle.dumps({"G": 3}))
     with pytest.raises(LegacyImportError, match="not a persisted network"):
         load_official_pickle(notnet)
+
+
+def test_cli_takes_the_architecture_from_the_pickle_and_refuses_a_partial_transfer(tmp_path, fake_official):
+    """A transfer that would leave synthesis weights random is not fine-tuning: the architecture
+    comes from the pickle unless overridden, and an override that breaks the load is refused."""
+    import json
+
+    from click.testing import CliRunner
+
+    from synth.training.cli import train
+    from tests.helpers import grid_rows, write_tiny_dataset
+
+    path, *_ = _write_snapshot(tmp_path, fake_official)
+    data = write_tiny_dataset(tmp_path / "ds", grid_rows(["syndrome_a", "unaffected"], ["child", "adolescent"], per_cell=2))
+    base = ["--data", str(data), "--resume", str(path), "--batch", "4", "--kimg", "0.008", "--tick", "0.008", "--no-progress"]
+    r = CliRunner().invoke(train, [*base, "--out", str(tmp_path / "dry"), "--dry-run"])
+    assert r.exit_code == 0, r.output
+    o = json.loads(r.output)["options"]
+    assert (o["resolution"], o["z_dim"], o["w_dim"], o["map_layers"], o["channel_base"], o["channel_max"]) == (16, 32, 32, 2, 256, 32)
+    # the preset's network would differ from the pickle's; taken from the pickle, every synthesis tensor loads
+    r = CliRunner().invoke(train, [*base, "--out", str(tmp_path / "ok")])
+    assert r.exit_code == 0, r.output
+    log = next((tmp_path / "ok").iterdir()).joinpath("log.txt").read_text()
+    assert "fresh     synthesis." not in log and "loaded    synthesis.b16.conv1.weight" in log
+    # an override that breaks the load: refused in one line, nothing left behind
+    r = CliRunner().invoke(train, [*base, "--channel-max", "16", "--out", str(tmp_path / "bad")])
+    assert r.exit_code == 1 and "synthesis tensors do not fit" in r.output and "--partial-transfer" in r.output, r.output
+    assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
+    r = CliRunner().invoke(train, [*base, "--channel-max", "16", "--partial-transfer", "--out", str(tmp_path / "partial")])
+    assert r.exit_code == 0, r.output

@@ -142,6 +142,25 @@ _ARCHITECTURE = {"resolution": "resolution", "z_dim": "z_dim", "w_dim": "z_dim",
 _CLI_NAMES = {"lecam_weight": "lecam", "cond_start_kimg": "cond_ramp", "cond_end_kimg": "cond_ramp"}
 
 
+def _architecture_from_official(opts, path: Path, given: set[str]) -> None:
+    """Resolution, z/w width, mapping depth and channels of an official pickle's G, so that a
+    transfer loads every synthesis weight (a preset's smaller network would keep most of them
+    at their random init), unless the user sets a value on purpose."""
+    from synth.networks.legacy import generator_kwargs_from_official, load_official_pickle
+
+    nets = load_official_pickle(path)
+    src = nets.get("G_ema") or nets.get("G")
+    if src is None:
+        raise click.UsageError(f"--resume {path}: the pickle has no generator")
+    k = generator_kwargs_from_official(src["init_kwargs"])
+    taken = {"resolution": k["img_resolution"], "z_dim": k["z_dim"], "w_dim": k["w_dim"],
+             "map_layers": k["mapping_kwargs"]["num_layers"], "channel_base": k["synthesis_kwargs"]["channel_base"],
+             "channel_max": k["synthesis_kwargs"]["channel_max"]}
+    for name, value in taken.items():
+        if _ARCHITECTURE[name] not in given:
+            setattr(opts, name, int(value))
+
+
 def _parse_embed_dim(ctx, param, value):
     if value is None:
         return None
@@ -251,6 +270,9 @@ def _check_resume_overrides(stored, params: dict, given: set[str], fresh) -> Non
               help="Stop after this many minutes of training in this process (at a tick end, with a snapshot); --resume goes on.")
 @click.option("--resume", type=click.Path(exists=True, path_type=Path), default=None,
               help="Our snapshot or run folder (true resume), or an official .pkl (weights only, reported surgery).")
+@click.option("--partial-transfer", is_flag=True,
+              help="With --resume FILE.pkl: train on even if some synthesis weights of the pickle do not fit and keep "
+                   "their random initialisation (refused by default: that is not fine-tuning).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs"), help="Parent folder of numbered run folders.")
 @click.option("--seed", type=SEED, default=0, help="Random seed.")
 @click.option("--snap", type=int, default=None, help="Snapshot every N ticks.")
@@ -351,6 +373,8 @@ def train(ctx: click.Context, **params) -> None:
                 cond = _parse_cond(params["cond"])
                 imageset = open_dataset(params["data"], cond=cond or None, unlabelled=not cond)
             opts = resolve_options(params, given, imageset)
+            if official:
+                _architecture_from_official(opts, resume, given)
             opts.validate()
             dataname = params["data"].stem if params["data"] is not None else "atlas"
             desc = f"{dataname}-{'-'.join(opts.cond) or 'uncond'}-{opts.preset}-{opts.resolution}"
@@ -384,7 +408,7 @@ def train(ctx: click.Context, **params) -> None:
             ck = None  # the snapshot's tensors now live in the networks; free the copy
             trainer.log(f"resumed from {snap} at kimg {trainer.cur_nimg / 1000:.3f} (tick {trainer.cur_tick}, augment p {trainer.augment_p():.4f})")
         elif official:
-            trainer.log(trainer.import_official(resume))
+            trainer.log(trainer.import_official(resume, partial=params["partial_transfer"]))
         elif transfer:
             trainer.log(trainer.import_snapshot(snap, ck))
             ck = None

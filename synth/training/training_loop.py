@@ -579,14 +579,23 @@ class Trainer:
         self.last_snapshot = snap
         return snap
 
-    def import_official(self, path: str | Path) -> str:
-        """Initialise G, D and G_ema from an official pickle (safe importer, reports surgery)."""
+    def import_official(self, path: str | Path, partial: bool = False) -> str:
+        """Initialise G, D and G_ema from an official pickle (safe importer, reports surgery).
+
+        Refuses (TrainingError) when synthesis weights of the pickle do not fit this run's G and
+        would keep their random init, unless ``partial``: training on would not be fine-tuning."""
         from synth.networks.legacy import import_official
 
         try:
             report = import_official(path, self.G, self.D, G_ema=self.G_ema, report=False)
         except ValueError as e:  # LegacyImportError: unreadable or unsafe pickle, wrong networks
             raise TrainingError(str(e).splitlines()[0]) from None
+        g = report["G"]
+        lost = [name for name, _ in g.fresh if name.startswith("synthesis.")]
+        if lost and not partial:
+            raise TrainingError(f"--resume {path}: {len(lost)} of {len(lost) + sum(n.startswith('synthesis.') for n in g.loaded)} "
+                                f"synthesis tensors do not fit this run's generator (e.g. {lost[0]}) and would stay random; "
+                                f"drop the architecture options that differ from the pickle, or pass --partial-transfer")
         return report.summary()
 
     def import_snapshot(self, path: str | Path, ck: dict[str, Any]) -> str:
