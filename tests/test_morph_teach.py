@@ -268,6 +268,13 @@ def test_quiz_scoring_on_a_hand_made_sheet(tmp_path):
     assert r.exit_code == 0 and "1/4" in r.output and "missing" in r.output
     assert json.loads((tmp_path / "rep.json").read_text())["per_factor"]["disease"]["correct"] == 2
 
+    assert rep["unknown"] == []
+    typo = write_csv(tmp_path / "typo.csv", ["number", "disease", "age"], [[3, "syndrom_b", "infant"], [4, "unaffected", "infant"]])
+    rep = score_quiz(typo, key)
+    assert rep["unknown"] == [(3, "disease", "syndrom_b")] and rep["correct"] == 1  # counted wrong, and listed
+    r = run(["teach", "score", typo, "--key", key])
+    assert r.exit_code == 0 and "warning: answer 3: disease 'syndrom_b' is not a level of the quiz" in r.output
+
     bad = write_csv(tmp_path / "bad.csv", ["number", "disease", "age"], [[9, "syndrome_a", "child"]])
     r = run(["teach", "score", bad, "--key", key])
     assert r.exit_code != 0 and "9" in r.output and len(r.output.strip().splitlines()) == 1

@@ -293,17 +293,19 @@ def _bad_inputs(files, tmp):
         "missing npz": (["morph", "--w", tmp / "none.npz", "--network", files["ckpt"]], "file not found"),
         "type without identity": (["generate", "--type", "unrelated", "--w", files["npz"], "--network", files["ckpt"]],
                                   "with --w use age_related"),
+        "seeds with w": (["morph", "--w", files["npz"], "--seeds", "0-3", "--network", files["ckpt"]],
+                         "--seeds: with --w the projected faces are the identities"),
     }
 
 
 BAD = ["wrong size", "not square", "unreadable image", "empty folder", "no images", "malformed label", "negative w prior",
        "unknown level", "unknown factor",
        "missing factor", "lpips weights missing", "no discriminator", "other network", "corrupt npz", "pickled npz",
-       "npz without w", "missing npz", "type without identity"]
+       "npz without w", "missing npz", "type without identity", "seeds with w"]
 
 
 # the command line itself is wrong (exit 2); the rest name files or levels that do not fit (exit 1)
-USAGE = {"no images", "malformed label", "negative w prior", "type without identity"}
+USAGE = {"no images", "malformed label", "negative w prior", "type without identity", "seeds with w"}
 
 
 @pytest.mark.parametrize("case", BAD)

@@ -211,6 +211,8 @@ def test_cli_trains_resumes_and_guards_settings(small_dataset, tmp_path):
     r = CliRunner().invoke(__import__("synth.training.cli", fromlist=["train"]).train,
                            ["--resume", str(run), "--kimg", "0.024", "--gamma", "5"])
     assert r.exit_code == 2 and "--gamma" in r.output and "snapshot" in r.output
+    r = _invoke(["--resume", str(run), "--kimg", "0.010", "--no-progress"])  # below where the run is
+    assert r.exit_code == 2 and "the run is already at 0.016 kimg" in r.output and "done" not in r.output
 
 
 @pytest.mark.parametrize(

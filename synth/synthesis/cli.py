@@ -279,7 +279,7 @@ def generate(ptype, out, data, per_cell, factor, steps, age_from, age_to, mixes,
 @click.option("--factor", default=None, help="Factor to morph (default: age, else the first ordinal factor).")
 @click.option("--disease", default=None, help="Level of the other factor, held fixed (default: its first non-control level).")
 @click.option("--steps", type=int, default=5, show_default=True, help="Labelled keyframes in the strip (>= 2).")
-@click.option("--seeds", default="0-3", show_default=True, help="Identities, e.g. 0-7 or 1,5,9.")
+@click.option("--seeds", default=None, help="Identities, e.g. 0-7 or 1,5,9 (not with --w).  [default: 0-3]")
 @click.option("--frames", type=int, default=60, show_default=True, help="Frames of the GIF/MP4 animation (eased in/out).")
 @click.option("--fps", type=float, default=20.0, show_default=True, help="Animation frame rate.")
 @click.option("--no-video", is_flag=True, help="Strips and contact sheet only.")
@@ -311,7 +311,9 @@ def morph(start, end, factor, disease, steps, seeds, frames, fps, no_video, html
         raise click.UsageError(f"--frames {frames}: need at least 2 (or --no-video)")
     if fps <= 0:
         raise click.UsageError(f"--fps {fps}: must be positive")
-    seed_list = _seed_list(seeds)
+    if w_files and seeds is not None:
+        raise click.UsageError("--seeds: with --w the projected faces are the identities; give one or the other")
+    seed_list = _seed_list(seeds if seeds is not None else "0-3")
     if w_files:
         psi = _w_psi(psi)
     rend, space, _, net = _renderer(network, device, psi, noise_mode, batch, mean_w_samples, factor)
@@ -440,6 +442,9 @@ def teach_score(answers, key, out):
 
     rep = score_quiz(answers, key)
     click.echo(f"overall {rep['correct']}/{rep['items']} = {rep['accuracy']:.1%} (answered {rep['answered']})")
+    for n, f, value in rep["unknown"]:
+        click.echo(f"warning: answer {n}: {f} {value!r} is not a level of the quiz "
+                   f"({', '.join(rep['levels'][f])}); counted wrong (a misspelling?)", err=True)
     for f, d in rep["per_factor"].items():
         click.echo(f"  {f}: {d['correct']}/{d['total']} = {d['accuracy']:.1%}")
     for c, d in rep["per_cell"].items():

@@ -295,6 +295,11 @@ def score_quiz(answers: str | Path, key: str | Path) -> dict:
     per_factor = {f: {"correct": 0, "total": 0} for f in factors}
     per_cell: dict[str, dict[str, int]] = {}
     missing: list[int] = []
+    # answers that name no level of the quiz: counted wrong, and reported (a misspelling
+    # such as "syndrom_b" must not pass as an honest mistake)
+    levels = {f: sorted({t[f] for t in truth.values()}) for f in factors}
+    known = {f: {norm(v) for v in levels[f]} for f in factors}
+    unknown = [(n, f, a[f]) for n, a in sorted(given.items()) for f in factors if a.get(f) and norm(a[f]) not in known[f]]
     overall = 0
     for n in sorted(truth):
         t = truth[n]
@@ -318,6 +323,8 @@ def score_quiz(answers: str | Path, key: str | Path) -> dict:
         "items": len(truth),
         "answered": len(truth) - len(missing),
         "missing": missing,
+        "unknown": unknown,
+        "levels": levels,
         "accuracy": overall / len(truth) if truth else 0.0,
         "correct": overall,
         "per_factor": per_factor,

@@ -357,6 +357,10 @@ def train(ctx: click.Context, **params) -> None:
                 stored.embed_dim = list(ck["space"].embed_dims)  # a snapshot from before widths were recorded
             fresh = resolve_options({**params, "preset": params["preset"] or stored.preset}, given) if given else stored
             _check_resume_overrides(stored, params, given, fresh)
+            done_kimg = float(ck["progress"].get("cur_nimg", 0)) / 1000
+            if "kimg" in given and params["kimg"] <= done_kimg:
+                raise click.UsageError(f"--kimg {params['kimg']:g}: the run is already at {done_kimg:.3f} kimg; "
+                                       f"give a larger total to continue it")
             opts = stored
             for name, cli in (("kimg", "kimg"), ("tick_kimg", "tick"), ("snap", "snap"), ("device", "device"), ("precision", "precision")):
                 if cli in given:
