@@ -138,3 +138,51 @@ def test_generate_force_removes_the_images_of_an_earlier_generation_only(gen_ckp
     root = write_tiny_dataset(tmp_path / "real", rows)
     assert generate(gen_ckpt, root, "--per-cell", "1", "--force").exit_code == 0
     assert all((root / row["file"]).is_file() for row in rows)
+
+
+# ----------------------------------------------------------------------------------------
+# Two writers on one folder
+
+
+def _sleeper():
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+
+def test_a_second_writer_is_refused_while_the_first_runs_and_a_dead_ones_lock_is_taken_over(gen_ckpt, tmp_path):
+    import socket
+
+    from synth.cli import main
+    from synth.utils.io import LOCK_NAME
+
+    out = tmp_path / "g"
+    out.mkdir()
+    other = _sleeper()  # stands in for a running `synth generate` that holds the folder
+    try:
+        (out / LOCK_NAME).write_text(json.dumps({"pid": other.pid, "host": socket.gethostname(), "command": "synth generate"}))
+        args = ["generate", "--type", "unrelated", "--per-cell", "1", "--network", str(gen_ckpt), "--out", str(out),
+                "--quiet", "--mean-w-samples", "16"]
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 1 and f"in use by another command (synth generate, pid {other.pid}" in r.output, r.output
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # nothing of the second run written
+    finally:
+        other.kill()
+        other.wait()
+    r = CliRunner().invoke(main, args)  # its process is gone: the lock is debris and is taken over
+    assert r.exit_code == 0, r.output
+    assert (out / "manifest.csv").is_file() and not (out / LOCK_NAME).exists()  # released when the command ends
+
+
+def test_two_training_runs_started_together_get_their_own_folders(tmp_path):
+    from synth.training.cli import claim_run_dir, next_run_dir
+
+    out = tmp_path / "runs"
+    first = next_run_dir(out, "ds-disease-age-cpu-16")
+    second = next_run_dir(out, "ds-disease-age-cpu-16")  # both listed the folder before either created its run
+    assert first == second
+    assert claim_run_dir(first) == out / "00000-ds-disease-age-cpu-16"
+    assert claim_run_dir(second) == out / "00001-ds-disease-age-cpu-16"
+    (out / "00003-other").mkdir()
+    assert claim_run_dir(out / "00001-ds-disease-age-cpu-16") == out / "00004-ds-disease-age-cpu-16"

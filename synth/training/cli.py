@@ -13,7 +13,7 @@ from synth.conditions import ConditionError, parse_tie
 from synth.training.presets import PRESETS, resolve_preset
 from synth.utils.cli_types import DEVICE, SEED
 
-__all__ = ["train", "resolve_options", "next_run_dir"]
+__all__ = ["train", "resolve_options", "next_run_dir", "claim_run_dir"]
 
 # CLI option name -> TrainingOptions field, for values a preset provides.
 _PRESET_FIELDS = {
@@ -36,6 +36,23 @@ def next_run_dir(out: Path, desc: str) -> Path:
     """``out/NNNNN-desc`` with the next free number (numbers are never reused)."""
     nums = [int(m.group(1)) for p in (out.iterdir() if out.is_dir() else []) if (m := re.match(r"^(\d+)-", p.name))]
     return out / f"{(max(nums) + 1 if nums else 0):05d}-{desc}"
+
+
+def claim_run_dir(run_dir: Path) -> Path:
+    """Create the run folder exclusively; if another run took that number first (two
+    ``synth train --out`` started together), take the next free one."""
+    out, desc = run_dir.parent, run_dir.name.split("-", 1)[1]
+    out.mkdir(parents=True, exist_ok=True)
+    for _ in range(1000):
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            run_dir = next_run_dir(out, desc)
+            if run_dir.exists():  # listed before the other run created it: go one past
+                num = int(run_dir.name.split("-", 1)[0]) + 1
+                run_dir = out / f"{num:05d}-{desc}"
+    raise click.ClickException(f"--out {out}: no free run number")
 
 
 def _parse_cond(value: str) -> list[str]:
@@ -402,6 +419,8 @@ def train(ctx: click.Context, **params) -> None:
 
     rank = int(os.environ.get("RANK", 0))
     fresh_run = not true_resume and not run_dir.exists()
+    if fresh_run and int(os.environ.get("WORLD_SIZE", 1)) == 1:
+        run_dir = claim_run_dir(run_dir)
     trainer = None
     try:
         if rank == 0 and imageset is not None:

@@ -7,6 +7,7 @@ earlier run left there, so no stale result sits beside the new ones.
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import os
 import secrets
@@ -23,8 +24,15 @@ __all__ = [
     "check_out_dir",
     "remove_outputs",
     "prepare_out_dir",
+    "lock_out_dir",
+    "LOCK_NAME",
     "literal",
 ]
+
+# Held by a writing command inside its --out folder while it runs, so that a second command
+# writing into the same folder is refused instead of mixing its files with the first's.
+LOCK_NAME = ".synth-out.lock"
+_held: set[Path] = set()
 
 
 def create_temp(path: str | os.PathLike, suffix: str = ".tmp") -> Path:
@@ -97,7 +105,7 @@ def check_out_dir(out: str | os.PathLike, force: bool, error: type[Exception] = 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise error(f"--out {out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
+    if out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()) and not force:
         raise error(f"--out {out}: folder is not empty (use --force to replace its earlier results)")
     return out
 
@@ -140,10 +148,89 @@ def prepare_out_dir(
     """Create ``out``; refuse a non-empty folder unless ``force``, which first removes the
     earlier ``outputs`` (see :func:`remove_outputs`) so old and new results never mix."""
     out = check_out_dir(out, force, error)
+    out.mkdir(parents=True, exist_ok=True)
+    lock_out_dir(out, error)
     if force:
         remove_outputs(out, outputs)
-    out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def lock_out_dir(out: str | os.PathLike, error: type[Exception] = OutDirError) -> Path:
+    """Hold ``out/.synth-out.lock`` until this command ends (its click context closes, or the
+    process exits). A lock of a live process on this host refuses with one line naming it; a
+    lock whose process is gone (killed) is taken over. Re-entrant within one process."""
+    import atexit
+    import json
+    import socket
+    import sys
+    import time
+
+    out = Path(out)
+    path = out / LOCK_NAME
+    if path in _held:
+        return path
+    host = socket.gethostname()
+    me = {"pid": os.getpid(), "host": host, "command": " ".join(["synth", *sys.argv[1:3]]), "started": time.time()}
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            try:
+                holder = json.loads(path.read_text())
+                pid, where = int(holder["pid"]), str(holder.get("host", ""))
+            except (OSError, ValueError, KeyError, TypeError):
+                holder, pid, where = {}, -1, host  # unreadable: being written right now, or debris
+                if time.time() - _mtime(path) < 5:
+                    time.sleep(0.2)
+                    continue
+            if where != host or _alive(pid):
+                if where == host and pid == os.getpid():
+                    _held.add(path)
+                    return path
+                raise error(f"--out {out}: in use by another command ({holder.get('command', '?')}, pid {pid} on {where}); "
+                            f"wait for it to finish or choose another folder") from None
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()  # its process is gone: a killed run's lock
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(me))
+        _held.add(path)
+        release = functools.partial(_release, path)
+        atexit.register(release)
+        try:
+            import click
+
+            ctx = click.get_current_context(silent=True)
+            if ctx is not None:
+                ctx.call_on_close(release)
+        except ImportError:
+            pass
+        return path
+    raise error(f"--out {out}: could not take the folder's lock {path}")
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _release(path: Path) -> None:
+    if path in _held:
+        _held.discard(path)
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 def literal(name: str) -> str:
