@@ -328,3 +328,20 @@ def test_existing_out_is_not_overwritten(files, tmp_path):
     r = run(["project", files["photo"], "--label", LABEL, "--network", files["ckpt"], "--out", out, *FAST])
     assert r.exit_code == 1 and "not empty" in r.output
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+def test_sixteen_bit_target_keeps_its_values(tmp_path):
+    """One image reader for every command: a 16-bit greyscale photo is scaled, not clipped white."""
+    from PIL import Image
+
+    from synth.data.dataset import decode_image
+    from synth.synthesis.project import load_target
+
+    ramp = np.tile(np.linspace(0, 65535, 16).astype(np.uint16), (16, 1))
+    path = tmp_path / "scan16.png"
+    Image.fromarray(ramp).save(path)  # uint16 -> mode I;16
+    assert Image.open(path).mode.startswith("I;16")
+    target = load_target(path, 16)
+    assert target.shape == (16, 16, 3) and target.min() == 0 and target.max() == 255
+    assert 100 < target.mean() < 155  # a ramp, not a white square
+    assert np.array_equal(target, np.asarray(decode_image(path.read_bytes(), str(path))))

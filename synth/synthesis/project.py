@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from synth.conditions import ConditionError, ConditionSpace
+from synth.data.dataset import IMAGE_EXTENSIONS
 from synth.synthesis.errors import SynthesisError
 from synth.utils.io import atomic_save, atomic_write_bytes, atomic_write_text
 
@@ -77,7 +78,7 @@ __all__ = [
     "plan_identities",
 ]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_SUFFIXES = IMAGE_EXTENSIONS  # the dataset loader's list: one set of readable files for every command
 # What `synth project` writes into --out (globs; --force removes exactly these first).
 PROJECT_OUTPUTS = ("project.json", "*/projected_w.npz", "*/compare.png", "*/loss.csv", "*/loss.png")
 # torchvision's ImageNet checkpoints of the LPIPS backbones, as the torch hub caches them.
@@ -142,16 +143,20 @@ def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
 
 def load_target(path: str | Path, resolution: int, resize: bool = False) -> np.ndarray:
     """uint8 RGB [R, R, 3] of an aligned photo; a one-line error when it cannot be one."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
+
+    from synth.data.dataset import DatasetError, decode_image
 
     path = Path(path)
     align = f"synth data align IN_DIR OUT_DIR --resolution {resolution}"
     try:
-        with Image.open(path) as im:
-            im.load()
-            img = im.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+        # the dataset loader's reader: 16-bit and float greyscale keep their values (Pillow's own
+        # RGB conversion clips them, and a 16-bit scan became a white target)
+        img = decode_image(path.read_bytes(), str(path))
+    except OSError as e:
         raise SynthesisError(f"{path}: not a readable image ({type(e).__name__})") from None
+    except DatasetError as e:
+        raise SynthesisError(str(e).replace("unreadable or corrupt image", "not a readable image")) from None
     w, h = img.size
     if w != h:
         raise SynthesisError(f"{path}: {w}x{h} px is not square, so not an aligned face; align it first ({align})")
