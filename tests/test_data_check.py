@@ -126,3 +126,16 @@ def test_nvlabs_entries_outside_the_dataset_are_refused(tmp_path):
     (root / "dataset.json").write_text(json.dumps({"labels": [["a.png", 0], ["/etc/passwd.png", 1]]}))
     with pytest.raises(DatasetError, match=r"dataset.json: entry 1: /etc/passwd.png is an absolute path"):
         open_dataset(root)
+
+
+def test_check_warns_on_mixed_sizes_and_non_square_images(tmp_path):
+    from PIL import Image
+
+    rows = grid_rows(["syndrome_a", "unaffected"], ["infant", "child"], per_cell=2)
+    ds = write_tiny_dataset(tmp_path / "ds", rows, size=16)
+    Image.new("RGB", (24, 16)).save(ds / rows[0]["file"])
+    Image.new("RGB", (32, 32)).save(ds / rows[1]["file"])
+    r = run(ds)
+    assert r.exit_code == 0, r.output
+    assert "warning: 1 non-square image(s) centre-cropped to a square for training" in r.output and "24x16" in r.output
+    assert "warning: 2 image(s) not of the common size 16x16" in r.output

@@ -303,7 +303,13 @@ def test_cli_warns_about_empty_cells_and_upsampling(tmp_path):
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(train, ["--data", str(ds), "--out", str(tmp_path / "runs"), *TINY_CLI, "--kimg", "0.004"])
     assert "1 condition cell(s) have no training images (syndrome_a/child)" in r.output
-    assert "--resolution 16 is above the data's 8x8 px" in r.output
+    assert "--resolution 16 is above the data's smallest side (8 px)" in r.output
+    # mixed sizes and non-square images: said, with what is done to them
+    from PIL import Image
+
+    Image.new("RGB", (12, 8)).save(ds / rows[0]["file"])
+    r = CliRunner().invoke(train, ["--data", str(ds), "--out", str(tmp_path / "runs2"), *TINY_CLI, "--kimg", "0.004"])
+    assert "the images have 2 sizes (8x8: 5, 12x8: 1); each is centre-cropped to a square and resized to 16 px" in r.output
 
 
 def test_cli_tick_error_names_the_option(small_dataset, tmp_path):

@@ -79,6 +79,7 @@ def check_dataset(
 
         indices = tqdm(indices, desc="checking images", unit="img", leave=False)
     missing, bad = set(), set()
+    sizes: dict[tuple[int, int], list[int]] = {}
     for i in indices:
         rec = imageset.records[i]
         try:
@@ -97,6 +98,17 @@ def check_dataset(
             continue
         if mode != "RGB":
             report.warnings.append(("non-RGB image(s) converted to RGB", f"{imageset.path_of(i)} is {mode}"))
+        sizes.setdefault(img.size, []).append(i)
+        if img.size[0] != img.size[1]:
+            report.warnings.append(("non-square image(s) centre-cropped to a square for training",
+                                    f"{imageset.path_of(i)} is {img.size[0]}x{img.size[1]}"))
+    if len(sizes) > 1:
+        common = max(sizes, key=lambda k: len(sizes[k]))
+        for size, idx in sizes.items():
+            if size != common:
+                for i in idx:
+                    report.warnings.append((f"image(s) not of the common size {common[0]}x{common[1]} (all are resized to the "
+                                            f"training resolution)", f"{imageset.path_of(i)} is {size[0]}x{size[1]}"))
     listed = {r.file for r in imageset.records}
     unlabelled = [f for f in storage.list_images() if f not in listed]
     for f in unlabelled:

@@ -30,6 +30,7 @@ __all__ = [
     "open_image",
     "to_rgb",
     "decode_image",
+    "image_sizes",
     "write_labels_csv",
     "TorchImageDataset",
     "balanced_weights",
@@ -167,6 +168,25 @@ def to_rgb(img: Image.Image, name: str) -> Image.Image:
         return img.convert("RGB")
     except (ValueError, OSError):
         raise DatasetError(f"{name}: image mode {img.mode} is not supported; save it as RGB or greyscale") from None
+
+
+def image_sizes(imageset: "ImageSet") -> "collections.Counter[tuple[int, int]]":
+    """How many images of each (width, height); reads file headers only, and names the first
+    file that is missing or not an image."""
+    import collections
+
+    sizes: collections.Counter = collections.Counter()
+    for i in range(len(imageset)):
+        try:
+            data = imageset.read_bytes(i)
+        except (FileNotFoundError, KeyError, IsADirectoryError):
+            raise DatasetError(f"{imageset.path_of(i)}: missing image file") from None
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                sizes[im.size] += 1
+        except Exception as e:  # PIL raises many types for bad files
+            raise DatasetError(f"{imageset.path_of(i)}: unreadable or corrupt image ({type(e).__name__})") from None
+    return sizes
 
 
 def decode_image(data: bytes, name: str) -> Image.Image:

@@ -477,9 +477,19 @@ def _warn_about_data(imageset, opts) -> None:
         shown = ", ".join("/".join(c) for c in empty[:5]) + (" ..." if len(empty) > 5 else "")
         click.echo(f"warning: {len(empty)} condition cell(s) have no training images ({shown}); "
                    f"the generator can only guess them", err=True)
-    w, h = imageset.load_image(0).size
-    if min(w, h) < opts.resolution:
-        click.echo(f"warning: --resolution {opts.resolution} is above the data's {w}x{h} px: images are upsampled", err=True)
+    from synth.data.dataset import image_sizes
+
+    sizes = image_sizes(imageset)
+    if len(sizes) > 1:
+        shown = ", ".join(f"{w}x{h}: {n}" for (w, h), n in sizes.most_common(4)) + (" ..." if len(sizes) > 4 else "")
+        click.echo(f"warning: the images have {len(sizes)} sizes ({shown}); each is centre-cropped to a square and "
+                   f"resized to {opts.resolution} px", err=True)
+    elif any(w != h for w, h in sizes):
+        (w, h), = sizes
+        click.echo(f"warning: the images are {w}x{h} px, not square; each is centre-cropped to {min(w, h)}x{min(w, h)}", err=True)
+    small = min(min(w, h) for w, h in sizes)
+    if small < opts.resolution:
+        click.echo(f"warning: --resolution {opts.resolution} is above the data's smallest side ({small} px): images are upsampled", err=True)
 
 
 def main() -> None:  # ``python -m synth.training.cli``
