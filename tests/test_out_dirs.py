@@ -186,3 +186,34 @@ def test_two_training_runs_started_together_get_their_own_folders(tmp_path):
     assert claim_run_dir(second) == out / "00001-ds-disease-age-cpu-16"
     (out / "00003-other").mkdir()
     assert claim_run_dir(out / "00001-ds-disease-age-cpu-16") == out / "00004-ds-disease-age-cpu-16"
+
+
+def test_failed_or_interrupted_generation_leaves_the_folder_as_it_was(gen_ckpt, tmp_path, monkeypatch):
+    from synth.cli import main
+    from synth.synthesis.engine import Renderer
+
+    base = ["generate", "--type", "unrelated", "--network", str(gen_ckpt), "--quiet", "--mean-w-samples", "16", "--batch", "4"]
+    # too few seeds for the images asked: refused, and no empty --out is left behind
+    r = CliRunner().invoke(main, [*base, "--per-cell", "3", "--seeds", "0-1", "--out", str(tmp_path / "few")])
+    assert r.exit_code != 0 and not (tmp_path / "few").exists(), r.output
+    # Ctrl-C half way: the images written so far go, a folder that existed keeps its own files
+    calls = {"n": 0}
+    real_synthesize = Renderer.synthesize
+
+    def interrupted(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_synthesize(self, *a, **k)
+
+    monkeypatch.setattr(Renderer, "synthesize", interrupted)
+    r = CliRunner().invoke(main, [*base, "--per-cell", "2", "--out", str(tmp_path / "new")])
+    assert r.exit_code != 0 and calls["n"] == 3
+    assert not (tmp_path / "new").exists()
+    keep = tmp_path / "old"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine")
+    calls["n"] = 0
+    r = CliRunner().invoke(main, [*base, "--per-cell", "2", "--out", str(keep), "--force"])
+    assert r.exit_code != 0 and calls["n"] == 3
+    assert sorted(p.name for p in keep.rglob("*")) == ["notes.txt"]

@@ -203,9 +203,12 @@ def test_cli_trains_resumes_and_guards_settings(small_dataset, tmp_path):
     (run,) = out.iterdir()
     assert run.name == "00000-ds-disease-age-cpu-16"
     assert json.loads((run / "options.json").read_text())["resolution"] == 16
+    debris = run / ".network-snapshot-00000.016.ckpt.1a2b3c4d.tmp"  # a snapshot write killed half way
+    debris.write_bytes(b"half")
     r = _invoke(["--resume", str(run), "--kimg", "0.016", "--no-progress"])
     assert r.exit_code == 0, r.output
     assert "resumed from" in r.output and "kimg 0.008" in r.output
+    assert not debris.exists() and "left by an interrupted write" in r.output
     kimgs = [json.loads(x)["kimg"] for x in (run / "stats.jsonl").read_text().splitlines()]
     assert kimgs == [0.008, 0.016]
     r = CliRunner().invoke(__import__("synth.training.cli", fromlist=["train"]).train,

@@ -12,6 +12,9 @@ __all__ = ["metrics"]
 
 
 def _one_line_errors(fn):
+    """Project errors become ``Error: <one line>``; a failed or interrupted run first removes
+    what it wrote into its --out folder."""
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from synth.conditions import ConditionError
@@ -19,11 +22,18 @@ def _one_line_errors(fn):
         from synth.quality.errors import QualityError
         from synth.synthesis.errors import SynthesisError
         from synth.training.checkpoint import CheckpointError
+        from synth.utils.io import keep_out_dirs, undo_out_dirs
 
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         except (QualityError, SynthesisError, ConditionError, DatasetError, CheckpointError) as e:
+            undo_out_dirs()
             raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+        except BaseException:
+            undo_out_dirs()
+            raise
+        keep_out_dirs()
+        return result
 
     return wrapper
 

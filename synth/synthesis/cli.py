@@ -14,7 +14,8 @@ _TYPES = ["unrelated", "age_related", "age_progression", "blended", "style_mixed
 
 
 def _one_line_errors(fn):
-    """Project errors become ``Error: <one line>`` with exit code 1."""
+    """Project errors become ``Error: <one line>`` with exit code 1; a failed or interrupted
+    command first removes what it wrote into its --out folder."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -22,11 +23,18 @@ def _one_line_errors(fn):
         from synth.data.dataset import DatasetError
         from synth.synthesis.errors import SynthesisError
         from synth.training.checkpoint import CheckpointError
+        from synth.utils.io import keep_out_dirs, undo_out_dirs
 
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         except (SynthesisError, ConditionError, DatasetError, CheckpointError) as e:
+            undo_out_dirs()
             raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+        except BaseException:  # usage errors after the folder was made, Ctrl-C, bugs
+            undo_out_dirs()
+            raise
+        keep_out_dirs()
+        return result
 
     return wrapper
 

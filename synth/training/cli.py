@@ -425,6 +425,10 @@ def train(ctx: click.Context, **params) -> None:
     try:
         if rank == 0 and imageset is not None:
             _warn_about_data(imageset, opts)
+        if true_resume and rank == 0:
+            for tmp in run_dir.glob(".*.tmp"):  # half-written files of a process killed mid-write
+                tmp.unlink(missing_ok=True)
+                click.echo(f"removed {tmp.name}: left by an interrupted write")
         trainer = Trainer(opts, run_dir, imageset=imageset, log=click.echo)
         if true_resume:
             trainer.resume(snap, ck)

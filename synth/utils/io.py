@@ -25,6 +25,8 @@ __all__ = [
     "remove_outputs",
     "prepare_out_dir",
     "lock_out_dir",
+    "undo_out_dirs",
+    "keep_out_dirs",
     "LOCK_NAME",
     "literal",
 ]
@@ -148,11 +150,44 @@ def prepare_out_dir(
     """Create ``out``; refuse a non-empty folder unless ``force``, which first removes the
     earlier ``outputs`` (see :func:`remove_outputs`) so old and new results never mix."""
     out = check_out_dir(out, force, error)
+    existed = out.is_dir()
     out.mkdir(parents=True, exist_ok=True)
     lock_out_dir(out, error)
     if force:
         remove_outputs(out, outputs)
+    before = {p for p in out.rglob("*") if p.is_file()} if existed else set()
+    _prepared.append((out, not existed, before))
     return out
+
+
+# --out folders prepared by the running command: (folder, made by it, files there before)
+_prepared: list[tuple[Path, bool, set[Path]]] = []
+
+
+def undo_out_dirs() -> None:
+    """After a failed or interrupted command: remove what it wrote into the --out folders it
+    prepared (a folder it made goes entirely; elsewhere only files that were not there before),
+    so no unlisted images or half a result remain. Outputs that ``--force`` replaced are not
+    restored."""
+    import shutil
+
+    while _prepared:
+        out, made, before = _prepared.pop()
+        if made:
+            shutil.rmtree(out, ignore_errors=True)
+            continue
+        new = [p for p in out.rglob("*") if p.is_file() and p not in before and p.name != LOCK_NAME]
+        for p in new:
+            with contextlib.suppress(OSError):
+                p.unlink()
+        for d in sorted({q for p in new for q in p.parents if out in q.parents}, key=lambda q: -len(q.parts)):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+
+
+def keep_out_dirs() -> None:
+    """After a command succeeded: what it wrote stays."""
+    _prepared.clear()
 
 
 def _alive(pid: int) -> bool:
