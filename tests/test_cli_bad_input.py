@@ -152,3 +152,15 @@ def test_cuda_on_a_machine_without_it_is_a_usage_error(tmp_path, inputs):
                       tmp_path, inputs)
         assert_one_line_error(r, 2, "CUDA is not available on this machine")
         assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("command", [["train", "--kimg", "0.01", "--out", "{tmp}/o"],
+                                     ["classify", "train", "--target", "disease", "--out", "{tmp}/o"]])
+def test_a_labels_csv_with_a_header_only_is_one_line(command, tmp_path, inputs):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "labels.csv").write_text("file,disease,age\n")
+    r, _ = invoke([*command, "--data", str(empty)], tmp_path, inputs)
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    assert r.output.strip().splitlines()[-1] == f"Error: {empty / 'labels.csv'}: lists no images"
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())

@@ -530,12 +530,17 @@ def open_dataset(
     """
     storage = _Storage(Path(path))
     if unlabelled:
-        return _read_unlabelled(storage)
-    if storage.exists(LABELS_CSV):
-        return _read_labels_csv(storage, cond, space)
-    if storage.exists(NVLABS_JSON):
-        return _read_nvlabs_json(storage, cond, space)
-    raise DatasetError(f"{path}: no {LABELS_CSV} or {NVLABS_JSON} found")
+        imageset = _read_unlabelled(storage)
+        where = str(path)
+    elif storage.exists(LABELS_CSV):
+        imageset, where = _read_labels_csv(storage, cond, space), storage.display(LABELS_CSV)
+    elif storage.exists(NVLABS_JSON):
+        imageset, where = _read_nvlabs_json(storage, cond, space), storage.display(NVLABS_JSON)
+    else:
+        raise DatasetError(f"{path}: no {LABELS_CSV} or {NVLABS_JSON} found")
+    if not imageset.records:
+        raise DatasetError(f"{where}: lists no images")
+    return imageset
 
 
 def write_labels_csv(
