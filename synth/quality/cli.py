@@ -22,17 +22,18 @@ def _one_line_errors(fn):
         from synth.quality.errors import QualityError
         from synth.synthesis.errors import SynthesisError
         from synth.training.checkpoint import CheckpointError
-        from synth.utils.io import keep_out_dirs, undo_out_dirs
+        from synth.utils.io import keep_out_dirs, out_dirs_mark, undo_out_dirs
 
+        mark = out_dirs_mark()  # only this command's folders: a long-lived process runs many
         try:
             result = fn(*args, **kwargs)
         except (QualityError, SynthesisError, ConditionError, DatasetError, CheckpointError) as e:
-            undo_out_dirs()
+            undo_out_dirs(mark)
             raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
         except BaseException:
-            undo_out_dirs()
+            undo_out_dirs(mark)
             raise
-        keep_out_dirs()
+        keep_out_dirs(mark)
         return result
 
     return wrapper

@@ -23,17 +23,18 @@ def _one_line_errors(fn):
         from synth.data.dataset import DatasetError
         from synth.synthesis.errors import SynthesisError
         from synth.training.checkpoint import CheckpointError
-        from synth.utils.io import keep_out_dirs, undo_out_dirs
+        from synth.utils.io import keep_out_dirs, out_dirs_mark, undo_out_dirs
 
+        mark = out_dirs_mark()  # only this command's folders: a long-lived process runs many
         try:
             result = fn(*args, **kwargs)
         except (SynthesisError, ConditionError, DatasetError, CheckpointError) as e:
-            undo_out_dirs()
+            undo_out_dirs(mark)
             raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
         except BaseException:  # usage errors after the folder was made, Ctrl-C, bugs
-            undo_out_dirs()
+            undo_out_dirs(mark)
             raise
-        keep_out_dirs()
+        keep_out_dirs(mark)
         return result
 
     return wrapper

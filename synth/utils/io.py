@@ -26,6 +26,7 @@ __all__ = [
     "prepare_out_dir",
     "lock_out_dir",
     "undo_out_dirs",
+    "out_dirs_mark",
     "keep_out_dirs",
     "LOCK_NAME",
     "literal",
@@ -164,14 +165,19 @@ def prepare_out_dir(
 _prepared: list[tuple[Path, bool, set[Path]]] = []
 
 
-def undo_out_dirs() -> None:
+def out_dirs_mark() -> int:
+    """Where the running command starts in the list of prepared folders (see :func:`undo_out_dirs`)."""
+    return len(_prepared)
+
+
+def undo_out_dirs(since: int = 0) -> None:
     """After a failed or interrupted command: remove what it wrote into the --out folders it
-    prepared (a folder it made goes entirely; elsewhere only files that were not there before),
-    so no unlisted images or half a result remain. Outputs that ``--force`` replaced are not
-    restored."""
+    prepared after ``since`` (a folder it made goes entirely; elsewhere only files that were not
+    there before), so no unlisted images or half a result remain. Outputs that ``--force``
+    replaced are not restored."""
     import shutil
 
-    while _prepared:
+    while len(_prepared) > since:
         out, made, before = _prepared.pop()
         if made:
             shutil.rmtree(out, ignore_errors=True)
@@ -185,9 +191,9 @@ def undo_out_dirs() -> None:
                 d.rmdir()
 
 
-def keep_out_dirs() -> None:
+def keep_out_dirs(since: int = 0) -> None:
     """After a command succeeded: what it wrote stays."""
-    _prepared.clear()
+    del _prepared[since:]
 
 
 def _alive(pid: int) -> bool:
