@@ -34,7 +34,17 @@ status says where the problem is:
 - **1 (error)**: the command line is well-formed, but a file or folder it names is missing
   or does not fit: a missing dataset or checkpoint, a corrupt image or checkpoint, a level
   or factor the model or data does not have, a non-empty `--out` without `--force`, data
-  that cannot be split into folds, a device that is not there.
+  that cannot be split into folds. A `--device` this machine does not have is a usage
+  error (2), found while the command line is read.
+
+**One writer per folder.** `generate`, `morph`, `mix`, `teach make`, `project`, `metrics` and
+the `classify` commands hold a lock file (`.synth-out.lock`) in their `--out` folder while they
+run: a second command writing there is refused with one line naming the first (its command and
+process id); the lock of a process that no longer runs is taken over. `synth train` claims its
+numbered run folder exclusively, so two runs started together get two folders. `synth ablate`
+workers share one folder on purpose. A failed or interrupted (Ctrl-C) `generate`, `morph`,
+`mix`, `teach`, `project` or `metrics` removes what it wrote, and the folder itself if it made
+it; outputs that `--force` had already replaced are not restored.
 
 `synth data check` is a check, not a run: it exits 2 whenever the dataset fails it (one
 `error:` line per problem class, or one `Error:` line when it cannot be opened at all).
