@@ -164,3 +164,25 @@ def test_a_labels_csv_with_a_header_only_is_one_line(command, tmp_path, inputs):
     assert r.exit_code != 0 and "Traceback" not in r.output
     assert r.output.strip().splitlines()[-1] == f"Error: {empty / 'labels.csv'}: lists no images"
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_an_unwritable_out_is_one_line(tmp_path, inputs, monkeypatch):
+    """A read-only --out (simulated: the tests may run as root, who can write anywhere)."""
+    import os
+    from pathlib import Path
+
+    real_mkdir = Path.mkdir
+
+    def refuse(self, *a, **k):
+        if "locked" in str(self):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_mkdir(self, *a, **k)
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    for cmd in (["generate", "--type", "unrelated", "--per-cell", "1", "--network", "{ckpt}", "--out", "{tmp}/locked/g"],
+                ["morph", "--network", "{ckpt}", "--out", "{tmp}/locked/m"],
+                ["train", "--data", "{ds}", "--out", "{tmp}/locked/runs", "--kimg", "0.004", "--resolution", "16", "--batch", "4"]):
+        r, _ = invoke(cmd, tmp_path, inputs)
+        assert r.exit_code == 1, r.output
+        assert "Traceback" not in r.output and r.output.strip().splitlines()[-1].endswith("permission denied (not writable?)")
+    assert not os.path.exists(tmp_path / "locked")

@@ -31,6 +31,9 @@ def _one_line_errors(fn):
         except (SynthesisError, ConditionError, DatasetError, CheckpointError) as e:
             undo_out_dirs(mark)
             raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+        except PermissionError as e:  # e.g. a read-only --out
+            undo_out_dirs(mark)
+            raise click.ClickException(f"{e.filename or e}: permission denied (not writable?)") from None
         except BaseException:  # usage errors after the folder was made, Ctrl-C, bugs
             undo_out_dirs(mark)
             raise

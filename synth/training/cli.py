@@ -420,7 +420,10 @@ def train(ctx: click.Context, **params) -> None:
     rank = int(os.environ.get("RANK", 0))
     fresh_run = not true_resume and not run_dir.exists()
     if fresh_run and int(os.environ.get("WORLD_SIZE", 1)) == 1:
-        run_dir = claim_run_dir(run_dir)
+        try:
+            run_dir = claim_run_dir(run_dir)
+        except PermissionError as e:
+            raise click.ClickException(f"--out {params['out']}: permission denied (not writable?)") from None
     trainer = None
     try:
         if rank == 0 and imageset is not None:
@@ -456,6 +459,9 @@ def train(ctx: click.Context, **params) -> None:
     except (TrainingError, CheckpointError, DatasetError, ConditionError) as e:
         _drop_unfinished(run_dir, fresh_run, trainer, rank)
         raise click.ClickException(str(e).splitlines()[0]) from None
+    except PermissionError as e:  # a read-only --out or run folder
+        _drop_unfinished(run_dir, fresh_run, trainer, rank)
+        raise click.ClickException(f"{e.filename or e}: permission denied (not writable?)") from None
     if rank == 0:
         click.echo(f"done: {trainer.cur_nimg / 1000:.3f} kimg, last snapshot {trainer.last_snapshot}")
 
