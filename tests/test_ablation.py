@@ -44,7 +44,7 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def network(tmp_path_factory):
     from synth.networks import Generator
-    from synth.training.checkpoint import save_checkpoint
+    from synth.networks.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     G = Generator(z_dim=16, w_dim=16, space=SPACE, img_resolution=16, mapping_kwargs={"num_layers": 1},
@@ -269,7 +269,7 @@ def test_matched_control_repeats_real_images_with_the_synthetic_counts(tmp_path,
 def test_one_factor_stage_data_with_factor_option(tmp_path):
     # NF1-like data: one ordinal factor, age_progression steps through the stages (--factor stage)
     from synth.networks import Generator
-    from synth.training.checkpoint import save_checkpoint
+    from synth.networks.checkpoint import save_checkpoint
 
     schema = "factors:\n- {name: stage, levels: [early, intermediate, late], embed_dim: 8, ordinal: true}\n"
     rows = [{"file": f"img/{k:04d}.png", "stage": st, "subject": f"s{k:04d}"}

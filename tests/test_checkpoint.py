@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from synth.conditions import ConditionSpace
-from synth.training.checkpoint import (
+from synth.networks.checkpoint import (
     CheckpointError,
     ModuleEntry,
     load_checkpoint,
@@ -166,7 +166,7 @@ def test_mismatched_weights_named_in_error(tmp_path):
     path = tmp_path / "g.ckpt"
     save_checkpoint(path, state)
     ck = load_checkpoint(path)
-    from synth.training.checkpoint import load_state_strict
+    from synth.networks.checkpoint import load_state_strict
 
     other = tiny_G(channel_max=8)
     with pytest.raises(CheckpointError) as e:

@@ -82,7 +82,7 @@ def leaf_commands(cmd: click.Command, path: tuple[str, ...] = ()) -> list[str]:
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     from synth.conditions import ConditionSpace
-    from synth.training.checkpoint import save_checkpoint
+    from synth.networks.checkpoint import save_checkpoint
 
     root = tmp_path_factory.mktemp("inputs")
     ds = write_tiny_dataset(root / "ds", grid_rows(["syndrome_a", "unaffected"], ["infant", "child"], per_cell=2))

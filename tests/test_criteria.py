@@ -184,7 +184,7 @@ def test_judge_scores_g_ema_into_stats_and_keeps_best(small_dataset, tmp_path):
     assert scored == [0.016, 0.024]  # every 0.016 kimg and at the end
     assert all(0 <= r["metric/judge/disease"] <= 1 and "metric/kid" in r for r in rows if "metric/judge/disease" in r)
     assert (tmp_path / "run" / "best.ckpt").is_file() and t.best_judge is not None
-    from synth.training.checkpoint import load_checkpoint
+    from synth.networks.checkpoint import load_checkpoint
 
     assert load_checkpoint(tmp_path / "run" / "best.ckpt")["progress"]["best_judge"] == t.best_judge
     # without a judge nothing is scored and no best.ckpt is written

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from synth.training.checkpoint import load_checkpoint
+from synth.networks.checkpoint import load_checkpoint
 from tests.test_training import small_dataset  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parent.parent

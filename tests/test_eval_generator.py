@@ -29,7 +29,7 @@ def run_tool(args):
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
-    from synth.training.checkpoint import save_checkpoint
+    from synth.networks.checkpoint import save_checkpoint
 
     d = tmp_path_factory.mktemp("panel")
     # a training snapshot (G, G_ema, kimg, progress) and an exported generator (G_ema + space only)

@@ -37,7 +37,7 @@ def test_outputs_are_0644_under_umask_022(tmp_path):
     from synth.conditions import ConditionSpace
     from synth.data.dataset import Record, write_labels_csv
     from synth.synthesis.render import save_png, write_gif, write_mp4
-    from synth.training.checkpoint import save_checkpoint
+    from synth.networks.checkpoint import save_checkpoint
     from tests.helpers import tiny_generator
 
     space = ConditionSpace.default(["disease", "age"], embed_total=32)

@@ -21,7 +21,7 @@ SKIN = ConditionSpace.from_levels({"stage": ["early", "intermediate", "late"]}, 
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
-    from synth.training.checkpoint import save_checkpoint
+    from synth.networks.checkpoint import save_checkpoint
 
     d = tmp_path_factory.mktemp("ckpt")
     save_checkpoint(d / "faces.ckpt", {"G_ema": tiny_generator(SPACE), "space": SPACE})
@@ -326,7 +326,7 @@ def _invoke_synth(args):
 
 @pytest.mark.parametrize("command", sorted(RECORDS))
 def test_default_network_is_printed_and_every_output_records_network_and_hash(command, tmp_path, ckpts, monkeypatch):
-    from synth.training.checkpoint import save_checkpoint
+    from synth.networks.checkpoint import save_checkpoint
 
     # a barely trained run snapshot in the working directory wins the default pick
     snap = tmp_path / "runs" / "00003-faces" / "network-snapshot-000000.100.ckpt"

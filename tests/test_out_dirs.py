@@ -22,7 +22,7 @@ def ds(tmp_path_factory):
 @pytest.fixture(scope="module")
 def gen_ckpt(tmp_path_factory):
     from synth.conditions import ConditionSpace
-    from synth.training.checkpoint import save_checkpoint
+    from synth.networks.checkpoint import save_checkpoint
 
     space = ConditionSpace.default(["disease", "age"], embed_total=32)
     path = tmp_path_factory.mktemp("ckpt") / "g.ckpt"

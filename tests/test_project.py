@@ -35,7 +35,7 @@ def own_image(G, seed=0, psi=0.7):
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     from synth.networks import Discriminator
-    from synth.training.checkpoint import save_checkpoint
+    from synth.networks.checkpoint import save_checkpoint
 
     d = tmp_path_factory.mktemp("project")
     G = tiny_generator(SPACE)

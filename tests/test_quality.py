@@ -223,7 +223,7 @@ def test_judge_class_mismatch_is_an_error():
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from synth.training.checkpoint import save_checkpoint
+    from synth.networks.checkpoint import save_checkpoint
 
     d = tmp_path_factory.mktemp("quality")
     save_checkpoint(d / "g.ckpt", {"G_ema": tiny_generator(SPACE), "space": SPACE})
@@ -281,7 +281,7 @@ def test_cli_default_metrics_follow_inputs(setup, tmp_path):
 
 
 def test_cli_skin_stage_progression_with_age_judge(setup, tmp_path):
-    from synth.training.checkpoint import save_checkpoint
+    from synth.networks.checkpoint import save_checkpoint
 
     skin = ConditionSpace.default(["stage"], embed_total=16).with_ties({"stage": {"intermediate": ["early", "late"]}})
     save_checkpoint(tmp_path / "skin.ckpt", {"G_ema": tiny_generator(skin, 1), "space": skin})

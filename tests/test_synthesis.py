@@ -31,7 +31,7 @@ AGES = SPACE.factor("age").levels
 
 @pytest.fixture(scope="module")
 def gen_ckpt(tmp_path_factory):
-    from synth.training.checkpoint import save_checkpoint
+    from synth.networks.checkpoint import save_checkpoint
 
     path = tmp_path_factory.mktemp("ckpt") / "g.ckpt"
     save_checkpoint(path, {"G_ema": tiny_generator(SPACE), "space": SPACE})

@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from synth.training.checkpoint import load_checkpoint, load_generator
+from synth.networks.checkpoint import load_checkpoint, load_generator
 from synth.training.cli import train
 from synth.training.loss import lazy_correction
 from synth.training.presets import resolve_preset
@@ -151,7 +151,7 @@ def test_resume_continues_exactly(small_dataset, tmp_path):
 def test_resume_rejects_other_condition_space(small_dataset, tmp_path):
     Trainer(small_space_opts(small_dataset, kimg=0.008), tmp_path / "a").train()
     other = Trainer(small_space_opts(small_dataset, kimg=0.016, ties=["age:child=infant+adolescent"]), tmp_path / "c")
-    from synth.training.checkpoint import CheckpointError
+    from synth.networks.checkpoint import CheckpointError
 
     with pytest.raises(CheckpointError, match="condition space") as e:
         other.resume(tmp_path / "a")

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from synth.conditions import ConditionSpace
 from synth.networks.networks import Generator
-from synth.training.checkpoint import load_checkpoint, load_generator
+from synth.networks.checkpoint import load_checkpoint, load_generator
 from synth.training.cli import train
 from synth.training.training_loop import Trainer, TrainingOptions
 from tests.test_training import TINY, TINY_CLI
@@ -87,7 +87,7 @@ def test_balanced_embedding_lets_z_vary_a_cell():
 
 
 def test_old_checkpoints_and_spaces_keep_their_widths(tmp_path):
-    from synth.training.checkpoint import save_checkpoint
+    from synth.networks.checkpoint import save_checkpoint
 
     space = ConditionSpace.default(["disease", "age"])  # nobody chose: 256 + 256 until a run resolves it
     assert space.embed_dims == (256, 256) and all(f.embed_auto for f in space.factors)

@@ -16,7 +16,7 @@ SPACE = ConditionSpace.default(["disease", "age"], embed_total=16)
 
 
 def test_grid_layout_and_errors(tmp_path):
-    from synth.training.checkpoint import save_checkpoint
+    from synth.networks.checkpoint import save_checkpoint
 
     save_checkpoint(tmp_path / "g.ckpt", {"G_ema": tiny_generator(SPACE), "space": SPACE})
     data = write_tiny_dataset(tmp_path / "d", grid_rows(["syndrome_a", "unaffected"], ["infant", "child"], per_cell=2))

@@ -208,7 +208,7 @@ _run = run_synthesis_cli
 
 @pytest.fixture(scope="module")
 def faces_ckpt(tmp_path_factory):
-    from synth.training.checkpoint import save_checkpoint
+    from synth.networks.checkpoint import save_checkpoint
     from tests.helpers import tiny_generator
 
     path = tmp_path_factory.mktemp("ckpt") / "faces.ckpt"

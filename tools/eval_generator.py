@@ -81,7 +81,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from synth.data.dataset import DatasetError
     from synth.quality.errors import QualityError
     from synth.synthesis.errors import SynthesisError
-    from synth.training.checkpoint import CheckpointError
+    from synth.networks.checkpoint import CheckpointError
 
     return (PanelError, ClassifierCheckpointError, ClassifierDataError, ModelError, ConditionError, AtlasError,
             DatasetError, QualityError, SynthesisError, CheckpointError)
@@ -477,7 +477,7 @@ def kind_of(space, path: Path) -> str:
 
 def open_checkpoint(path: Path, device: str):
     """-> (G_ema, space, meta, kind) of a training snapshot or an exported generator."""
-    from synth.training.checkpoint import CheckpointError, load_generator
+    from synth.networks.checkpoint import CheckpointError, load_generator
 
     if not path.exists():
         raise PanelError(f"{path}: checkpoint not found")

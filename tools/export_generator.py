@@ -22,7 +22,7 @@ KEEP = ("G_ema", "space", "options", "kimg", "augment_p", "cell_counts", "progre
 @click.option("--counts-from", type=click.Path(exists=True, path_type=Path), default=None,
               help="Dataset whose cell counts to store, for snapshots written without them.")
 def main(snapshot: Path, out: Path, note: str | None, counts_from: Path | None) -> None:
-    from synth.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from synth.networks.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
     try:
         ck = load_checkpoint(snapshot)

@@ -61,7 +61,7 @@ def variety_grid(G, space, seeds: int, psi: float, real=None, real_per_cell: int
 def main(network, out, seeds, seed0, truncation, real, real_per_cell, factors):
     """Write a variety grid of NETWORK to OUT (PNG)."""
     from synth.data.dataset import DatasetError, open_dataset
-    from synth.training.checkpoint import CheckpointError, load_generator
+    from synth.networks.checkpoint import CheckpointError, load_generator
     from synth.utils.io import atomic_write_bytes
 
     if seeds < 1:

@@ -81,7 +81,7 @@ def ensure_fold_gan(config: AblationConfig, fold: int, train_set, out: Path, log
     fold's GAN is waited for (``wait``; else None is returned at once); a killed training
     restarts from its last snapshot.
     """
-    from synth.training.checkpoint import CheckpointError
+    from synth.networks.checkpoint import CheckpointError
     from synth.training.training_loop import Trainer, TrainingError, find_snapshot
 
     run_dir = out / "gans" / f"fold{fold}"

@@ -1,4 +1,5 @@
-"""StyleGAN2 networks with a factored condition embedding, and the safe official-checkpoint importer.
+"""StyleGAN2 networks with a factored condition embedding, their checkpoint format
+(``checkpoint``: safetensors + JSON, nothing executable) and the safe official-checkpoint importer.
 
 ``Generator`` / ``Discriminator`` follow the official parameter names (see ``networks.py`` for
 the factored ``mapping.embed.<factor>`` embedding); ``legacy.import_official`` loads official

@@ -21,7 +21,7 @@ def _one_line_errors(fn):
         from synth.data.dataset import DatasetError
         from synth.quality.errors import QualityError
         from synth.synthesis.errors import SynthesisError
-        from synth.training.checkpoint import CheckpointError
+        from synth.networks.checkpoint import CheckpointError
         from synth.utils.io import keep_out_dirs, out_dirs_mark, undo_out_dirs
 
         mark = out_dirs_mark()  # only this command's folders: a long-lived process runs many

@@ -22,7 +22,7 @@ def _one_line_errors(fn):
         from synth.conditions import ConditionError
         from synth.data.dataset import DatasetError
         from synth.synthesis.errors import SynthesisError
-        from synth.training.checkpoint import CheckpointError
+        from synth.networks.checkpoint import CheckpointError
         from synth.utils.io import keep_out_dirs, out_dirs_mark, undo_out_dirs
 
         mark = out_dirs_mark()  # only this command's folders: a long-lived process runs many

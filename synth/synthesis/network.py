@@ -24,7 +24,7 @@ _SNAP_RE = re.compile(r"^network-snapshot-(\d+(?:\.\d+)?)\.ckpt$")
 
 def _factor_names(path: Path) -> set[str]:
     """Factor names of a checkpoint's condition space (empty when it has none or is unreadable)."""
-    from synth.training.checkpoint import CheckpointError, read_space
+    from synth.networks.checkpoint import CheckpointError, read_space
 
     try:
         space = read_space(path)
@@ -143,7 +143,7 @@ def open_generator(path: str | Path | None, device: str = "cpu", factor: str | N
     and ``log`` (default: stderr) is told which one, with its kimg, so a half-trained
     ``runs/`` snapshot never gets used silently.  ``meta["network_default"]`` says whether
     the network was picked this way."""
-    from synth.training.checkpoint import CheckpointError, load_generator
+    from synth.networks.checkpoint import CheckpointError, load_generator
 
     picked = path is None
     p = Path(path) if path is not None else find_default_network(factor=factor)

@@ -361,7 +361,7 @@ def make_distance(kind: str = "auto", lpips_net: str = "vgg", lpips_weights: str
 
 def open_discriminator(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
     """The discriminator of a training snapshot (exported generators have none: a one-line error)."""
-    from synth.training.checkpoint import CheckpointError, build_module, load_checkpoint, read_metadata
+    from synth.networks.checkpoint import CheckpointError, build_module, load_checkpoint, read_metadata
 
     try:
         if "D" not in read_metadata(path).get("modules", {}):

@@ -1,4 +1,5 @@
-"""GAN training engine: losses, the training loop, safe checkpoints, presets and ADA.
+"""GAN training engine: losses, the training loop, presets and ADA (snapshots are written with
+:mod:`synth.networks.checkpoint`, the format every tool reads).
 
 Heavy modules are imported lazily so ``import synth.training`` stays cheap.
 """
@@ -11,10 +12,6 @@ _WHERE = {
     "Trainer": "training_loop",
     "TrainingError": "options",
     "TrainingDiverged": "options",
-    "save_checkpoint": "checkpoint",
-    "load_checkpoint": "checkpoint",
-    "load_generator": "checkpoint",
-    "CheckpointError": "checkpoint",
     "resolve_preset": "presets",
 }
 

@@ -319,7 +319,7 @@ def train(ctx: click.Context, **params) -> None:
     import torch
 
     from synth.data.dataset import DatasetError, open_dataset
-    from synth.training.checkpoint import CheckpointError, ModuleEntry, load_checkpoint
+    from synth.networks.checkpoint import CheckpointError, ModuleEntry, load_checkpoint
     from synth.training.training_loop import (
         TrainingDiverged,
         TrainingError,

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from synth.conditions import ConditionError, ConditionSpace, parse_tie
-from synth.training.checkpoint import CheckpointError, ModuleEntry, load_checkpoint, load_state_strict, save_checkpoint
+from synth.networks.checkpoint import CheckpointError, ModuleEntry, load_checkpoint, load_state_strict, save_checkpoint
 from synth.training.criteria import AuxClassifierLoss, LeCam, ramp_weight
 from synth.training.grids import grid_latents, grid_layout, render_fakes, render_reals
 from synth.training.loss import LossOptions, StyleGAN2Loss, lazy_correction
