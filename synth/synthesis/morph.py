@@ -18,9 +18,10 @@ from synth.conditions import ConditionError, ConditionSpace
 from synth.synthesis.engine import Renderer
 from synth.synthesis.errors import SynthesisError
 from synth.synthesis.render import contact_sheet, ease_in_out, labelled_strip, save_png, write_gif, write_mp4
+from synth.synthesis.viewer import DEFAULT_FRAMES, ViewerCard, frame_times, mix_caption
 from synth.utils.io import atomic_write_text
 
-__all__ = ["MorphSpec", "resolve_morph", "morph_label", "render_morph", "keyframe_captions", "write_morphs"]
+__all__ = ["MorphSpec", "resolve_morph", "morph_label", "render_morph", "keyframe_captions", "write_morphs", "morph_card"]
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ def write_morphs(
     spaced frames per seed.  ``identities``: the renderer is a
     :class:`~synth.synthesis.project.IdentityRenderer` and seed k is projected identity k; each
     mapping (``name``, ``w``, ...) names its files ``morph_<name>.*`` and is recorded instead of a seed."""
-    from synth.synthesis.viewer import frame_times, generator_note, morph_card, write_viewer
+    from synth.synthesis.viewer import generator_note, write_viewer
 
     out = Path(out)
     if viewer:
@@ -165,3 +166,21 @@ def write_morphs(
         info.update({"viewer": "viewer.html", "viewer_frames": viewer_frames})
     atomic_write_text(out / "morph.json", json.dumps(info, indent=2) + "\n")
     return info
+
+
+def morph_card(renderer, space: ConditionSpace, spec, seed: int, frames: int = DEFAULT_FRAMES,
+               title: str | None = None, subtitle: str | None = None) -> ViewerCard:
+    """Render ``frames`` evenly spaced morph frames of one identity (the same z and noise as
+    :func:`~synth.synthesis.morph.render_morph`, so the ends are the pure-condition images)
+    with the mix of ``spec.factor`` as caption."""
+    ts = frame_times(frames)
+    labels = np.stack([morph_label(space, spec, t) for t in ts])
+    imgs = renderer.images([int(seed)] * len(ts), labels, noise_seed=int(seed))
+    order = {spec.factor: [spec.start, spec.end]}
+    caps = [mix_caption(space, v, [spec.factor], order) for v in labels]
+    fixed = ", ".join(f"{k} = {v}" for k, v in spec.fixed.items())
+    return ViewerCard(
+        title=title or f"seed {seed}",
+        subtitle=subtitle if subtitle is not None else fixed,
+        frames=list(imgs), captions=caps, slider_label=f"{spec.factor} ({spec.start} to {spec.end})",
+    )

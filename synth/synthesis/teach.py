@@ -26,7 +26,8 @@ from synth.synthesis.errors import SynthesisError
 from synth.synthesis.labels import SeedStream
 from synth.synthesis.morph import keyframe_captions, render_morph, resolve_morph
 from synth.synthesis.render import labelled_strip, save_png
-from synth.synthesis.viewer import DEFAULT_FRAMES, frame_times, generator_note, labels_caption, morph_card, quiz_card, write_viewer
+from synth.synthesis.morph import morph_card
+from synth.synthesis.viewer import DEFAULT_FRAMES, frame_times, generator_note, labels_caption, quiz_card, write_viewer
 from synth.utils.io import atomic_write_text
 
 __all__ = ["TeachResult", "make_teaching_set", "score_quiz", "read_answer_key", "write_report"]

@@ -15,7 +15,7 @@ again when the frame changes.  They are still in the page's data (view the sourc
 is a self-check, not an exam.
 
 :func:`viewer_html` is pure (cards in, HTML string out); :func:`write_viewer` writes the page
-atomically.  :func:`morph_card` and :func:`quiz_card` build cards from a renderer.
+atomically.  :func:`quiz_card` builds the quiz card (:func:`synth.synthesis.morph.morph_card` a morph's).
 """
 from __future__ import annotations
 
@@ -42,7 +42,6 @@ __all__ = [
     "mix_caption",
     "labels_caption",
     "image_data_uri",
-    "morph_card",
     "quiz_card",
     "viewer_html",
     "write_viewer",
@@ -156,26 +155,6 @@ def _size(img: Any) -> tuple[int, int] | None:
     if isinstance(img, np.ndarray) and img.ndim >= 2:
         return int(img.shape[1]), int(img.shape[0])
     return None
-
-
-def morph_card(renderer, space: ConditionSpace, spec, seed: int, frames: int = DEFAULT_FRAMES,
-               title: str | None = None, subtitle: str | None = None) -> ViewerCard:
-    """Render ``frames`` evenly spaced morph frames of one identity (the same z and noise as
-    :func:`~synth.synthesis.morph.render_morph`, so the ends are the pure-condition images)
-    with the mix of ``spec.factor`` as caption."""
-    from synth.synthesis.morph import morph_label
-
-    ts = frame_times(frames)
-    labels = np.stack([morph_label(space, spec, t) for t in ts])
-    imgs = renderer.images([int(seed)] * len(ts), labels, noise_seed=int(seed))
-    order = {spec.factor: [spec.start, spec.end]}
-    caps = [mix_caption(space, v, [spec.factor], order) for v in labels]
-    fixed = ", ".join(f"{k} = {v}" for k, v in spec.fixed.items())
-    return ViewerCard(
-        title=title or f"seed {seed}",
-        subtitle=subtitle if subtitle is not None else fixed,
-        frames=list(imgs), captions=caps, slider_label=f"{spec.factor} ({spec.start} to {spec.end})",
-    )
 
 
 def quiz_card(images: Sequence[Any], answers: Sequence[str], names: Sequence[str], title: str = "Quiz",
