@@ -318,3 +318,18 @@ def test_cli_warns_about_empty_cells_and_upsampling(tmp_path):
 def test_cli_tick_error_names_the_option(small_dataset, tmp_path):
     r = CliRunner().invoke(train, ["--data", str(small_dataset), "--out", str(tmp_path / "r"), *TINY_CLI, "--tick", "-1"])
     assert r.exit_code != 0 and "--tick:" in r.output and "--tick-kimg" not in r.output
+
+
+@pytest.mark.parametrize("name", ["cpu", "cpu-v1", "auto", "paper256", "stylegan2"])
+def test_one_place_turns_a_preset_into_options(name):
+    from dataclasses import fields
+
+    from synth.training.presets import preset_fields
+
+    pre = resolve_preset(name, 32)
+    f = preset_fields(pre)
+    assert set(f) <= {x.name for x in fields(TrainingOptions)}
+    o = TrainingOptions(**f)
+    o.validate()
+    assert (o.preset, o.resolution, o.channel_max, o.batch, o.conv_clamp) == (name, 32, pre.channel_max, pre.batch, None)
+    assert preset_fields(pre, "bf16")["conv_clamp"] == 256.0  # mixed precision clamps, in every caller

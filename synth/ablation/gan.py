@@ -36,23 +36,18 @@ def check_generator_space(gspace, dspace, where: str) -> None:
 
 def fold_gan_options(config: AblationConfig, fold: int):
     """TrainingOptions of fold ``fold``'s GAN: a preset, the study's balancing, overrides."""
-    from synth.training.presets import resolve_preset
+    from synth.training.presets import preset_fields, resolve_preset
     from synth.training.training_loop import TrainingError, TrainingOptions
 
     try:
         pre = resolve_preset(config.gan_preset, config.gan_resolution)
     except ValueError as e:
         raise AblationError(f"--gan-resolution/--gan-preset: {e}") from None
-    opts = TrainingOptions(
-        data=str(config.data), cond=list(config.cond) if config.cond else [], resolution=config.gan_resolution,
-        preset=config.gan_preset, z_dim=pre.z_dim, w_dim=pre.w_dim, map_layers=pre.map_layers,
-        channel_base=pre.channel_base, channel_max=pre.channel_max, mbstd_group=pre.mbstd_group, cmap_dim=pre.cmap_dim,
-        batch=pre.batch, lr=pre.lr, gamma=pre.gamma, ema_kimg=pre.ema_kimg, ema_rampup=pre.ema_rampup,
-        pl_weight=pre.pl_weight, ada_kimg=pre.ada_kimg, reuse_fakes=pre.reuse_fakes,
-        # snapshots at the preset's interval, so a killed (or time-limited) fold GAN resumes
-        kimg=config.gan_kimg, tick_kimg=min(pre.tick_kimg, config.gan_kimg), snap=pre.snap,
-        seed=config.seed + fold, device=config.device, progress=config.progress,
-    )
+    fields = preset_fields(pre)
+    # snapshots at the preset's interval, so a killed (or time-limited) fold GAN resumes
+    fields.update(kimg=config.gan_kimg, tick_kimg=min(pre.tick_kimg, config.gan_kimg))
+    opts = TrainingOptions(data=str(config.data), cond=list(config.cond) if config.cond else [],
+                           seed=config.seed + fold, device=config.device, progress=config.progress, **fields)
     known = {f.name for f in dataclasses.fields(TrainingOptions)}
     for key, value in config.gan_options.items():
         if key not in known or key in _NOT_GAN_OPTIONS:

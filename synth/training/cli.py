@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from synth.conditions import ConditionError, parse_tie
-from synth.training.presets import PRESETS, resolve_preset
+from synth.training.presets import PRESETS, preset_fields, resolve_preset
 from synth.utils.cli_types import DEVICE, SEED
 
 __all__ = ["train", "resolve_options", "next_run_dir", "claim_run_dir"]
@@ -100,27 +100,7 @@ def resolve_options(params: dict, given: set[str], imageset=None):
         cond=_parse_cond(params["cond"]),
         unconditional=_parse_cond(params["cond"]) == [],
         ties=list(params["tie"]),
-        resolution=res,
-        preset=preset_name,
-        z_dim=pre.z_dim,
-        w_dim=pre.w_dim,
-        map_layers=pre.map_layers,
-        channel_base=pre.channel_base,
-        channel_max=pre.channel_max,
-        mbstd_group=pre.mbstd_group,
-        cmap_dim=pre.cmap_dim,
-        batch=pre.batch,
-        lr=pre.lr,
-        gamma=pre.gamma,
-        ema_kimg=pre.ema_kimg,
-        ema_rampup=pre.ema_rampup,
-        kimg=pre.kimg,
-        tick_kimg=pre.tick_kimg,
-        snap=pre.snap,
-        pl_weight=pre.pl_weight,
-        ada_kimg=pre.ada_kimg,
-        reuse_fakes=pre.reuse_fakes,
-        conv_clamp=256.0 if params["precision"] != "fp32" else None,
+        **preset_fields(pre, params["precision"]),
     )
     for opt, fld in _PRESET_FIELDS.items():
         if params.get(opt) is not None:

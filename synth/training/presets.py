@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-__all__ = ["Preset", "PRESETS", "resolve_preset"]
+__all__ = ["Preset", "PRESETS", "resolve_preset", "preset_fields"]
 
 PRESETS = ("auto", "paper256", "stylegan2", "cpu", "cpu-v1")
 
@@ -103,4 +103,17 @@ def resolve_preset(name: str, resolution: int, gpus: int = 1) -> Preset:
         pl_weight=0.0,
         ada_kimg=100.0,
         reuse_fakes=True,
+    )
+
+
+def preset_fields(pre: Preset, precision: str = "fp32") -> dict:
+    """The :class:`~synth.training.options.TrainingOptions` values a preset decides: the one
+    place that turns a preset into options (``synth train`` and the ablation's per-fold GANs)."""
+    return dict(
+        preset=pre.name, resolution=pre.resolution, z_dim=pre.z_dim, w_dim=pre.w_dim, map_layers=pre.map_layers,
+        channel_base=pre.channel_base, channel_max=pre.channel_max, mbstd_group=pre.mbstd_group, cmap_dim=pre.cmap_dim,
+        batch=pre.batch, lr=pre.lr, gamma=pre.gamma, ema_kimg=pre.ema_kimg, ema_rampup=pre.ema_rampup, kimg=pre.kimg,
+        tick_kimg=pre.tick_kimg, snap=pre.snap, pl_weight=pre.pl_weight, ada_kimg=pre.ada_kimg, reuse_fakes=pre.reuse_fakes,
+        # mixed precision needs activations clamped (the reference's conv_clamp for fp16/bf16)
+        conv_clamp=256.0 if precision != "fp32" else None,
     )
