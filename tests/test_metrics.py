@@ -9,14 +9,12 @@ from scipy import stats
 from classifiers.metrics import (
     MetricsError,
     bootstrap_ci,
-    corrected_resampled_ttest,
     evaluate,
-    mcnemar,
-    paired_difference,
     summarize_folds,
     write_report,
     write_summary,
 )
+from classifiers.stats import corrected_resampled_ttest, mcnemar, paired_difference
 
 CLASSES = ["A", "B", "C"]
 # 3 classes x 3 samples.  Arg-max predictions: [A, A, A, B, B, C, C, A, B]

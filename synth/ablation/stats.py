@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from classifiers.metrics import corrected_resampled_ttest, mcnemar, paired_difference
+from classifiers.stats import corrected_resampled_ttest, mcnemar, paired_difference
 
 __all__ = ["ablation_statistics", "SMALL_K"]
 
