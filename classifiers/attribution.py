@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from synth.errors import UserError
 from synth.utils.io import atomic_save, atomic_write_text
 
 __all__ = [
@@ -37,7 +38,7 @@ __all__ = [
 ]
 
 
-class AttributionError(ValueError):
+class AttributionError(UserError):
     """Bad input to an attribution routine (one-line message)."""
 
 

@@ -13,15 +13,16 @@ from typing import Any
 
 import torch
 
+from synth.errors import UserError
 from synth.utils.io import atomic_path, atomic_write_text
 
-__all__ = ["CheckpointError", "save_classifier", "load_classifier", "read_meta", "find_checkpoints", "CKPT_NAME"]
+__all__ = ["ClassifierCheckpointError", "save_classifier", "load_classifier", "read_meta", "find_checkpoints", "CKPT_NAME"]
 
 FORMAT = "synth-classifier/1"
 CKPT_NAME = "model.safetensors"
 
 
-class CheckpointError(ValueError):
+class ClassifierCheckpointError(UserError):
     """Missing, corrupt or foreign classifier checkpoint (one-line message)."""
 
 
@@ -48,7 +49,7 @@ def _resolve(path: str | os.PathLike) -> Path:
     if path.is_dir():
         path = path / CKPT_NAME
     if not path.is_file():
-        raise CheckpointError(f"{path}: classifier checkpoint not found")
+        raise ClassifierCheckpointError(f"{path}: classifier checkpoint not found")
     return path
 
 
@@ -61,15 +62,15 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
     except Exception as e:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({type(e).__name__})") from None
+        raise ClassifierCheckpointError(f"{path}: not a readable safetensors file ({type(e).__name__})") from None
     if "synth_classifier" not in header:
-        raise CheckpointError(f"{path}: safetensors file without classifier metadata")
+        raise ClassifierCheckpointError(f"{path}: safetensors file without classifier metadata")
     try:
         meta = json.loads(header["synth_classifier"])
     except json.JSONDecodeError:
-        raise CheckpointError(f"{path}: classifier metadata is not valid JSON") from None
+        raise ClassifierCheckpointError(f"{path}: classifier metadata is not valid JSON") from None
     if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: unsupported checkpoint format {meta.get('format')!r}")
+        raise ClassifierCheckpointError(f"{path}: unsupported checkpoint format {meta.get('format')!r}")
     return meta
 
 
@@ -86,13 +87,13 @@ def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu")
             meta["model"], num_classes=len(meta["class_names"]), pretrained=False, in_chans=int(meta.get("in_chans", 3))
         )
     except (ModelError, KeyError) as e:
-        raise CheckpointError(f"{path}: cannot rebuild model ({e})") from None
+        raise ClassifierCheckpointError(f"{path}: cannot rebuild model ({e})") from None
     try:
         state = load_file(str(path))
         model.load_state_dict(state, strict=True)
     except Exception as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"{path}: weights do not load ({msg[:200]})") from None
+        raise ClassifierCheckpointError(f"{path}: weights do not load ({msg[:200]})") from None
     meta["path"] = str(path)
     return model.to(device).eval(), meta
 
@@ -110,5 +111,5 @@ def find_checkpoints(spec: str | os.PathLike | list) -> list[Path]:
         hits = sorted(p.glob(f"*/{CKPT_NAME}"))
         if hits:
             return hits
-        raise CheckpointError(f"{p}: no {CKPT_NAME} in it or in its sub-folders")
-    raise CheckpointError(f"{p}: classifier checkpoint not found")
+        raise ClassifierCheckpointError(f"{p}: no {CKPT_NAME} in it or in its sub-folders")
+    raise ClassifierCheckpointError(f"{p}: classifier checkpoint not found")

@@ -9,7 +9,6 @@ both check every input first, so a failed run leaves ``--out`` as it was.
 from __future__ import annotations
 
 import csv
-import functools
 import io
 import json
 import sys
@@ -18,6 +17,7 @@ from typing import Any, Callable
 
 import click
 
+from synth.cli_errors import one_line_errors
 from synth.utils.cli_types import DEVICE_OR_AUTO, SEED
 
 __all__ = ["classify"]
@@ -27,35 +27,6 @@ __all__ = ["classify"]
 # helpers
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from classifiers.checkpoint import CheckpointError
-    from classifiers.data import ClassifierDataError
-    from classifiers.models import ModelError
-    from synth.conditions import ConditionError
-    from synth.data.dataset import DatasetError
-
-    errs: list[type[BaseException]] = [CheckpointError, ClassifierDataError, ModelError, ConditionError, DatasetError]
-    for mod, name in (("classifiers.metrics", "MetricsError"), ("classifiers.attribution", "AttributionError")):
-        try:
-            errs.append(getattr(__import__(mod, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(errs)
-
-
-def friendly(fn: Callable) -> Callable:
-    """Turn the project's input errors into one-line click errors (exit status 1)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except click.ClickException:
-            raise
-        except _user_errors() as e:
-            raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
-
-    return wrapper
 
 
 def _write_options(out: Path, command: str, options: dict[str, Any]) -> None:
@@ -281,7 +252,7 @@ def classify() -> None:
 @click.option("--fold-seed", default=0, show_default=True, type=int, help="Seed of the folds --val-fold makes.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 @click.option("--force", is_flag=True, help=_FORCE_HELP)
-@friendly
+@one_line_errors
 def train_cmd(**o) -> None:
     """Train one classifier (best epoch by validation balanced accuracy when validation is given)."""
     import numpy as np
@@ -357,7 +328,7 @@ def train_cmd(**o) -> None:
 @click.option("--keep-empty", is_flag=True, help="Keep classes that no image carries (default: drop them).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 @click.option("--force", is_flag=True, help=_FORCE_HELP)
-@friendly
+@one_line_errors
 def cv_cmd(**o) -> None:
     """k-fold cross-validation: one model per fold, out-of-fold predictions, mean +- SD, per-cell table."""
     from classifiers.cv import CVConfig, run_cv
@@ -426,7 +397,7 @@ def _eval_targets(imageset, meta):
 @click.option("--threads", default=None, type=int, help="torch CPU threads (default: torch's choice).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder: predictions.csv, evaluate.json, metrics and confusion matrix.")
-@friendly
+@one_line_errors
 def evaluate_cmd(**o) -> None:
     """Gated ensemble predictions (CSV) and metrics on a labelled image set."""
     import numpy as np
@@ -495,7 +466,7 @@ def evaluate_cmd(**o) -> None:
 @click.option("--threads", default=None, type=int, help="torch CPU threads (default: torch's choice).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder: maps.npz, composites.png and overlays/.")
-@friendly
+@one_line_errors
 def saliency_cmd(**o) -> None:
     """Saliency maps toward the true label, averaged over the ensemble, with group composites."""
     import numpy as np
@@ -568,7 +539,7 @@ def saliency_cmd(**o) -> None:
 @click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of the permutations and of a random embedder.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder: permutation_tests.json and p-value matrices.")
-@friendly
+@one_line_errors
 def permutation_test_cmd(**o) -> None:
     """Pairwise permutation tests between groups of saliency maps (e.g. age groups of one disease)."""
     import numpy as np
@@ -635,7 +606,7 @@ def permutation_test_cmd(**o) -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder: model, patch_/image_ metrics, image_predictions.csv, maps/.")
 @click.pass_context
-@friendly
+@one_line_errors
 def patches_cmd(ctx, **o) -> None:
     """Patch mode: train on image tiles (8 dihedral symmetries), diagnose images by majority vote.
 

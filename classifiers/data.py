@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from synth.errors import UserError
 from synth.conditions import ConditionError, ConditionSpace
 
 __all__ = [
@@ -46,7 +47,7 @@ __all__ = [
 CLASS_SEP = "|"
 
 
-class ClassifierDataError(ValueError):
+class ClassifierDataError(UserError):
     """Bad target, class weights, auxiliary set or augmentation option (one-line message)."""
 
 

@@ -117,14 +117,14 @@ class Ensemble:
 
     @classmethod
     def load(cls, paths, device: str | torch.device = "cpu") -> "Ensemble":
-        from classifiers.checkpoint import CheckpointError, find_checkpoints, load_classifier
+        from classifiers.checkpoint import ClassifierCheckpointError, find_checkpoints, load_classifier
 
         files = find_checkpoints(paths)
         loaded = [load_classifier(p, device) for p in files]
         try:
             return cls([m for m, _ in loaded], [meta for _, meta in loaded], device)
         except ValueError as e:
-            raise CheckpointError(f"{paths}: {e}") from None
+            raise ClassifierCheckpointError(f"{paths}: {e}") from None
 
     @property
     def sizes(self) -> list[int]:

@@ -25,6 +25,7 @@ from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
+from synth.errors import UserError
 from synth.utils.io import atomic_save, atomic_write_text
 
 __all__ = [
@@ -38,7 +39,7 @@ __all__ = [
 ]
 
 
-class MetricsError(ValueError):
+class MetricsError(UserError):
     """Predictions or targets that cannot be scored (one-line message)."""
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from synth.errors import UserError
+
 __all__ = [
     "ModelError",
     "check_model_name",
@@ -25,7 +27,7 @@ __all__ = [
 ]
 
 
-class ModelError(ValueError):
+class ModelError(UserError):
     """Unknown model name or unusable weights (one-line message)."""
 
 

@@ -10,6 +10,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from synth.errors import UserError
 from synth.utils.io import atomic_save
 
 __all__ = [
@@ -28,7 +29,7 @@ __all__ = [
 ]
 
 
-class PatchError(ValueError):
+class PatchError(UserError):
     """Bad input to patch mode (one-line message)."""
 
 

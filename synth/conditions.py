@@ -21,6 +21,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from synth.errors import UserError
+
 __all__ = [
     "ConditionError",
     "Factor",
@@ -47,7 +49,7 @@ KNOWN_CONTROL_LEVELS = ("unaffected", "control", "healthy", "normal")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
 
-class ConditionError(ValueError):
+class ConditionError(UserError):
     """A label, vector or schema that does not fit the condition space (one-line message)."""
 
 

@@ -186,3 +186,23 @@ def test_an_unwritable_out_is_one_line(tmp_path, inputs, monkeypatch):
         assert r.exit_code == 1, r.output
         assert "Traceback" not in r.output and r.output.strip().splitlines()[-1].endswith("permission denied (not writable?)")
     assert not os.path.exists(tmp_path / "locked")
+
+
+def test_every_input_error_is_a_user_error():
+    """One base class: commands catch UserError alone, so a new layer's error cannot slip
+    through as a traceback."""
+    import importlib
+
+    from synth.errors import UserError
+
+    errors = {"synth.conditions": "ConditionError", "synth.data.dataset": "DatasetError", "synth.data.align": "AlignError",
+              "synth.data.atlas.render": "AtlasError", "synth.networks.checkpoint": "CheckpointError",
+              "synth.networks.legacy": "LegacyImportError", "synth.training.options": "TrainingError",
+              "synth.training.augment": "AugmentError", "synth.synthesis.errors": "SynthesisError",
+              "synth.quality.errors": "QualityError", "synth.ablation.plan": "AblationError", "synth.utils.io": "OutDirError",
+              "synth.utils.weights": "WeightsFileError", "classifiers.checkpoint": "ClassifierCheckpointError",
+              "classifiers.data": "ClassifierDataError", "classifiers.cv": "CVError", "classifiers.models": "ModelError",
+              "classifiers.metrics": "MetricsError", "classifiers.attribution": "AttributionError",
+              "classifiers.patches": "PatchError"}
+    for module, name in errors.items():
+        assert issubclass(getattr(importlib.import_module(module), name), UserError), f"{module}.{name}"

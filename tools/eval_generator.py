@@ -73,7 +73,7 @@ class PanelError(ValueError):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from classifiers.checkpoint import CheckpointError as ClassifierCheckpointError
+    from classifiers.checkpoint import ClassifierCheckpointError
     from classifiers.data import ClassifierDataError
     from classifiers.models import ModelError
     from synth.conditions import ConditionError
@@ -341,7 +341,7 @@ def _judge_key(spec: dict[str, Any]) -> str:
 
 
 def _train_or_load(cfg: PanelConfig, kind: str, data, target, role: str, arch: str, seed: int, atlas: RealSet, log) -> PanelJudge:
-    from classifiers.checkpoint import CKPT_NAME, CheckpointError, load_classifier, save_classifier
+    from classifiers.checkpoint import CKPT_NAME, ClassifierCheckpointError, load_classifier, save_classifier
     from classifiers.data import AugConfig
     from classifiers.train import TrainConfig, resolve_device, train_classifier
     from synth.data.atlas import ATLAS_VERSION
@@ -368,7 +368,7 @@ def _train_or_load(cfg: PanelConfig, kind: str, data, target, role: str, arch: s
         try:
             model, meta = load_classifier(folder, device=device)
             cached = meta.get("panel_spec") == spec
-        except CheckpointError:
+        except ClassifierCheckpointError:
             cached = False
     if cached:
         log(f"judge {label}: cached ({folder.name})")

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from synth.cli_errors import message
+from synth.errors import UserError
 from synth.utils.cli_types import DEVICE, SEED
 
 __all__ = ["ablate"]
@@ -123,7 +125,6 @@ def ablate(**p) -> None:
 
     Writes report.md, results.json, per_arm.csv, per_cell.csv and gain.png.
     """
-    from classifiers.data import ClassifierDataError
     from classifiers.models import ModelError, check_model_name
     from classifiers.train import TrainConfig
     from synth.ablation.plan import AblationConfig, AblationError, build_arms
@@ -136,8 +137,8 @@ def ablate(**p) -> None:
     if p["report_only"]:
         try:
             result = report_only(p["out"])
-        except (AblationError, ClassifierDataError, ModelError) as e:
-            raise click.ClickException(str(e).splitlines()[0]) from None
+        except UserError as e:
+            raise click.ClickException(message(e)) from None
         _summary(result)
         return
     if p["data"] is None:
@@ -174,8 +175,8 @@ def ablate(**p) -> None:
             age_factor=p["age_factor"], seeds=p["n_seeds"], matched_control=p["matched_control"], stale_after=p["claim_timeout"], wait=not p["no_wait"],
         )
         result = run_ablation(config, p["out"], force=p["force"])
-    except (AblationError, ClassifierDataError, ModelError) as e:
-        raise click.ClickException(str(e).splitlines()[0]) from None
+    except UserError as e:
+        raise click.ClickException(message(e)) from None
     if result.results is None:
         click.echo(f"{len(result.trained)} cell(s) trained; the rest are held by other workers. "
                    f"When all are done: synth ablate --report-only --out {result.out_dir}")

@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from synth.errors import UserError
 from classifiers.train import TrainConfig
 from synth.synthesis.labels import PRODUCT_TYPES
 
@@ -29,7 +30,7 @@ MATCHED_ARM = "real_matched"
 GAN_RUNTIME_OPTIONS = ("threads", "progress", "compile")
 
 
-class AblationError(ValueError):
+class AblationError(UserError):
     """An ablation that cannot run as configured (one-line message naming the option)."""
 
 

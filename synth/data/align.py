@@ -28,6 +28,7 @@ import click
 import numpy as np
 from PIL import Image, ImageOps
 
+from synth.errors import UserError
 from synth.data.dataset import IMAGE_EXTENSIONS, LABELS_CSV, NVLABS_JSON, SCHEMA_FILE, to_rgb
 from synth.utils.io import atomic_path, atomic_write_text
 
@@ -64,7 +65,7 @@ SUPERSAMPLE = 4
 IDEAL_MOUTH_RATIO = 1.0
 
 
-class AlignError(ValueError):
+class AlignError(UserError):
     """Alignment cannot run as asked (one-line message naming the file or option)."""
 
 

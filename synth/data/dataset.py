@@ -13,6 +13,7 @@ import json
 import re
 import warnings
 import zipfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Iterable, Iterator, Mapping, Sequence
@@ -20,6 +21,7 @@ from typing import Iterable, Iterator, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from synth.errors import UserError
 from synth.conditions import KNOWN_LEVELS, ConditionError, ConditionSpace
 
 __all__ = [
@@ -47,7 +49,7 @@ NVLABS_JSON = "dataset.json"
 RESERVED_COLUMNS = ("file", "subject")
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """A dataset that cannot be read as given (one-line message naming the file)."""
 
 
@@ -170,12 +172,10 @@ def to_rgb(img: Image.Image, name: str) -> Image.Image:
         raise DatasetError(f"{name}: image mode {img.mode} is not supported; save it as RGB or greyscale") from None
 
 
-def image_sizes(imageset: "ImageSet") -> "collections.Counter[tuple[int, int]]":
+def image_sizes(imageset: "ImageSet") -> "Counter[tuple[int, int]]":
     """How many images of each (width, height); reads file headers only, and names the first
     file that is missing or not an image."""
-    import collections
-
-    sizes: collections.Counter = collections.Counter()
+    sizes: Counter = Counter()
     for i in range(len(imageset)):
         try:
             data = imageset.read_bytes(i)

@@ -29,6 +29,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from synth.errors import UserError
 from synth.conditions import ConditionError, ConditionSpace
 from synth.utils.io import atomic_write_bytes
 
@@ -53,7 +54,7 @@ _META_KEY = "synth"
 _MAX_HEADER = 100 * 1024 * 1024
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be used as given (one-line message naming the file)."""
 
 

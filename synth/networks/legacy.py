@@ -36,6 +36,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from synth.errors import UserError
+
 __all__ = [
     "LegacyImportError",
     "ImportReport",
@@ -50,7 +52,7 @@ __all__ = [
 NETWORK_KEYS = ("G", "D", "G_ema")
 
 
-class LegacyImportError(ValueError):
+class LegacyImportError(UserError):
     """An official pickle that cannot be imported safely (one-line message naming the file)."""
 
 

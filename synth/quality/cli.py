@@ -1,45 +1,14 @@
 """``synth metrics``: condition fidelity, progression consistency, KID/FID, memorisation and variety."""
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import click
 
+from synth.cli_errors import one_line_errors
 from synth.utils.cli_types import DEVICE
 
 __all__ = ["metrics"]
-
-
-def _one_line_errors(fn):
-    """Project errors become ``Error: <one line>``; a failed or interrupted run first removes
-    what it wrote into its --out folder."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from synth.conditions import ConditionError
-        from synth.data.dataset import DatasetError
-        from synth.quality.errors import QualityError
-        from synth.synthesis.errors import SynthesisError
-        from synth.networks.checkpoint import CheckpointError
-        from synth.utils.io import keep_out_dirs, out_dirs_mark, undo_out_dirs
-
-        mark = out_dirs_mark()  # only this command's folders: a long-lived process runs many
-        try:
-            result = fn(*args, **kwargs)
-        except (QualityError, SynthesisError, ConditionError, DatasetError, CheckpointError) as e:
-            undo_out_dirs(mark)
-            raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
-        except PermissionError as e:  # e.g. a read-only --out
-            undo_out_dirs(mark)
-            raise click.ClickException(f"{e.filename or e}: permission denied (not writable?)") from None
-        except BaseException:
-            undo_out_dirs(mark)
-            raise
-        keep_out_dirs(mark)
-        return result
-
-    return wrapper
 
 
 def _metric_list(ctx, param, value):
@@ -126,7 +95,7 @@ def _seeds(ctx, param, value):
 @click.option("--force", is_flag=True, help="Write into a non-empty --out folder, first removing the results of an "
                                           "earlier `synth metrics` there.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-@_one_line_errors
+@one_line_errors
 def metrics(network, data, judges, judge_age, metric_names, per_cell, seeds, seed, steps, psi, kind, inception,
             feature_model, feature_size, pixel_size, kid_subsets, top, prdc_k, gate, out, batch, device, mean_w_samples,
             force, quiet):

@@ -84,14 +84,14 @@ class Judge:
 
 def load_judges(specs: Sequence[str | Path], device: str = "cpu", gate: float = 0.5, batch: int = 64) -> list[Judge]:
     """Load ``synth classify`` checkpoints / cv folders as judges (one-line errors)."""
-    from classifiers.checkpoint import CheckpointError
+    from classifiers.checkpoint import ClassifierCheckpointError
     from classifiers.ensemble import Ensemble
 
     judges = []
     for spec in specs:
         try:
             ens = Ensemble.load(str(spec), device=device)
-        except (CheckpointError, ValueError) as e:
+        except (ClassifierCheckpointError, ValueError) as e:
             raise QualityError(f"--judge: {str(e).splitlines()[0]}") from None
         target = ens.metas[0].get("target") or {}
         factors = tuple(target.get("factors") or ())

@@ -300,7 +300,7 @@ def judge_feature_extractor(spec: str | Path, device: str = "cpu", batch: int = 
     """
     import torch
 
-    from classifiers.checkpoint import CheckpointError, find_checkpoints, load_classifier
+    from classifiers.checkpoint import ClassifierCheckpointError, find_checkpoints, load_classifier
     from classifiers.ensemble import normalise
     from synth.quality.features import FeatureExtractor
     from synth.quality.fidelity import resize_for_judge
@@ -308,7 +308,7 @@ def judge_feature_extractor(spec: str | Path, device: str = "cpu", batch: int = 
     try:
         files = find_checkpoints(str(spec))
         model, meta = load_classifier(files[0], device)
-    except (CheckpointError, ValueError) as e:
+    except (ClassifierCheckpointError, ValueError) as e:
         raise QualityError(f"--judge: {str(e).splitlines()[0]}") from None
     if not (callable(getattr(model, "forward_features", None)) and callable(getattr(model, "forward_head", None))):
         raise QualityError(f"--judge {spec}: model {meta.get('model')!r} has no forward_features/forward_head, "

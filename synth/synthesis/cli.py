@@ -6,41 +6,12 @@ from pathlib import Path
 
 import click
 
+from synth.cli_errors import one_line_errors
 from synth.utils.cli_types import DEVICE, SEED
 
 __all__ = ["generate", "morph", "mix", "teach", "project", "COMMANDS"]
 
 _TYPES = ["unrelated", "age_related", "age_progression", "blended", "style_mixed", "all"]
-
-
-def _one_line_errors(fn):
-    """Project errors become ``Error: <one line>`` with exit code 1; a failed or interrupted
-    command first removes what it wrote into its --out folder."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from synth.conditions import ConditionError
-        from synth.data.dataset import DatasetError
-        from synth.synthesis.errors import SynthesisError
-        from synth.networks.checkpoint import CheckpointError
-        from synth.utils.io import keep_out_dirs, out_dirs_mark, undo_out_dirs
-
-        mark = out_dirs_mark()  # only this command's folders: a long-lived process runs many
-        try:
-            result = fn(*args, **kwargs)
-        except (SynthesisError, ConditionError, DatasetError, CheckpointError) as e:
-            undo_out_dirs(mark)
-            raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
-        except PermissionError as e:  # e.g. a read-only --out
-            undo_out_dirs(mark)
-            raise click.ClickException(f"{e.filename or e}: permission denied (not writable?)") from None
-        except BaseException:  # usage errors after the folder was made, Ctrl-C, bugs
-            undo_out_dirs(mark)
-            raise
-        keep_out_dirs(mark)
-        return result
-
-    return wrapper
 
 
 def _truncation(ctx, param, value):
@@ -219,7 +190,7 @@ def _counts(space, roles, exclude, per_cell, data, meta):
 @click.option("--exclude-level", "exclude", multiple=True, help="FACTOR=LEVEL to skip (repeatable; 'none' keeps all) [default: the control level].")
 @_w_option("identities: one image per level of age_related, age_progression (from its own level) or blended")
 @_common
-@_one_line_errors
+@one_line_errors
 def generate(ptype, out, data, per_cell, factor, steps, age_from, age_to, mixes, styles, psi, seeds, seed, exclude, w_files,
              network, noise_mode, batch, device, mean_w_samples, force, quiet):
     """Generate synthetic training images (Study 1 products) as a dataset folder.
@@ -302,7 +273,7 @@ def generate(ptype, out, data, per_cell, factor, steps, age_from, age_to, mixes,
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
 @_w_option("identities instead of --seeds (--from/--disease default to its label)")
 @_common
-@_one_line_errors
+@one_line_errors
 def morph(start, end, factor, disease, steps, seeds, frames, fps, no_video, html, html_frames, psi, out, w_files,
           network, noise_mode, batch, device, mean_w_samples, force, quiet):
     """Morph one identity from one level to another (e.g. infant to older adult).
@@ -357,7 +328,7 @@ def morph(start, end, factor, disease, steps, seeds, frames, fps, no_video, html
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder (mix.png).")
 @click.option("--save-individual", is_flag=True, help="Also save every source and cell as its own PNG.")
 @_common(factor=False)
-@_one_line_errors
+@one_line_errors
 def mix(rows, cols, styles, cond, psi, out, save_individual, network, noise_mode, batch, device, mean_w_samples, force, quiet):
     """Style-mixing grid: first row = column sources, first column = row sources; each cell
     takes the --styles layers (coarse/middle: shape) from its row and the fine (colour) layers
@@ -418,7 +389,7 @@ def teach():
               help="Evenly spaced frames per morph in viewer.html.")
 @truncation_option(0.7, "psi toward the per-condition average w (a finite number >= 0; 1 = none).")
 @_common
-@_one_line_errors
+@one_line_errors
 def teach_make(per_cell, out, quiz, quiz_per_cell, seed, factor, steps, exclude, no_html, html_frames, psi,
                network, noise_mode, batch, device, mean_w_samples, force, quiet):
     """Write a teaching gallery (index.html), morph strips and optionally a quiz.
@@ -447,7 +418,7 @@ def teach_make(per_cell, out, quiz, quiz_per_cell, seed, factor, steps, exclude,
 @click.argument("answers", type=click.Path(path_type=Path))
 @click.option("--key", type=click.Path(path_type=Path), required=True, help="answer_key.csv written by `teach make --quiz`.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the full report as JSON.")
-@_one_line_errors
+@one_line_errors
 def teach_score(answers, key, out):
     """Score a filled-in answer sheet (CSV: number + one column per factor)."""
     from synth.synthesis.teach import score_quiz, write_report
@@ -498,7 +469,7 @@ def teach_score(answers, key, out):
 @click.option("--device", type=DEVICE, default="cpu", show_default=True, help="Torch device, e.g. cpu or cuda.")
 @click.option("--force", is_flag=True, help="Write into a non-empty --out folder (earlier projections are replaced).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-@_one_line_errors
+@one_line_errors
 def project(images, label, out, network, steps, seed, w_plus, distance, lpips_net, lpips_weights, d_features, d_weight,
             no_noise_opt, w_prior, no_z_anchor, lr, mean_w_samples, resize, device, force, quiet):
     """Project aligned photos into the generator's W (or W+) space for a condition label.

@@ -39,9 +39,9 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from synth.errors import UserError
 from synth.training.grid_sample_gradfix import grid_sample
 
 # The tables are torch-free so the command line can build its option choices from them.
@@ -62,7 +62,7 @@ __all__ = [
 ]
 
 
-class AugmentError(ValueError):
+class AugmentError(UserError):
     """A bad augmentation setting or input (one-line message naming the option)."""
 
 

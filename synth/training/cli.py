@@ -9,7 +9,9 @@ from pathlib import Path
 
 import click
 
+from synth.cli_errors import message
 from synth.conditions import ConditionError, parse_tie
+from synth.errors import UserError
 from synth.training.presets import PRESETS, preset_fields, resolve_preset
 from synth.utils.cli_types import DEVICE, SEED
 
@@ -298,8 +300,8 @@ def train(ctx: click.Context, **params) -> None:
     """
     import torch
 
-    from synth.data.dataset import DatasetError, open_dataset
-    from synth.networks.checkpoint import CheckpointError, ModuleEntry, load_checkpoint
+    from synth.data.dataset import open_dataset
+    from synth.networks.checkpoint import ModuleEntry, load_checkpoint
     from synth.training.training_loop import (
         TrainingDiverged,
         TrainingError,
@@ -387,8 +389,8 @@ def train(ctx: click.Context, **params) -> None:
             if int(os.environ.get("RANK", 0)) != 0:
                 raise SystemExit(1)
             raise TrainingError(f"--batch {opts.batch} must be divisible by the {world} processes")
-    except (TrainingError, CheckpointError, DatasetError, ConditionError, ValueError) as e:
-        raise click.ClickException(str(e).splitlines()[0]) from None
+    except ValueError as e:  # UserError (every layer's input errors) and the pickle importer's
+        raise click.ClickException(message(e)) from None
 
     if params["dry_run"]:
         out = {"run_dir": str(run_dir), "resume": str(snap or resume) if resume else None,
@@ -402,7 +404,7 @@ def train(ctx: click.Context, **params) -> None:
     if fresh_run and int(os.environ.get("WORLD_SIZE", 1)) == 1:
         try:
             run_dir = claim_run_dir(run_dir)
-        except PermissionError as e:
+        except PermissionError:
             raise click.ClickException(f"--out {params['out']}: permission denied (not writable?)") from None
     trainer = None
     try:
@@ -436,9 +438,9 @@ def train(ctx: click.Context, **params) -> None:
         raise click.ClickException(f"interrupted; continue with: synth train --resume {run_dir}") from None
     except TrainingDiverged as e:
         raise click.ClickException(str(e)) from None
-    except (TrainingError, CheckpointError, DatasetError, ConditionError) as e:
+    except UserError as e:
         _drop_unfinished(run_dir, fresh_run, trainer, rank)
-        raise click.ClickException(str(e).splitlines()[0]) from None
+        raise click.ClickException(message(e)) from None
     except PermissionError as e:  # a read-only --out or run folder
         _drop_unfinished(run_dir, fresh_run, trainer, rank)
         raise click.ClickException(f"{e.filename or e}: permission denied (not writable?)") from None

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+from synth.errors import UserError
+
 __all__ = ["TrainingOptions", "TrainingError", "TrainingDiverged"]
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError, RuntimeError):
     """A run that cannot start or continue (one-line message)."""
 
 

@@ -14,6 +14,8 @@ import secrets
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from synth.errors import UserError
+
 __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
@@ -96,7 +98,7 @@ def atomic_save(path: str | os.PathLike, writer: Callable[[Path], None]) -> None
 # --out folders
 
 
-class OutDirError(ValueError):
+class OutDirError(UserError):
     """An --out folder that cannot be written as asked (one-line message naming it)."""
 
 

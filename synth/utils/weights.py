@@ -4,13 +4,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from synth.errors import UserError
+
 __all__ = ["WeightsFileError", "read_state_dict"]
 
 # Keys under which training checkpoints commonly nest the actual state dict.
 WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
 
 
-class WeightsFileError(ValueError):
+class WeightsFileError(UserError):
     """A weights file that is missing, unreadable or not a state dict of tensors."""
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from synth.errors import UserError
 from synth.conditions import ConditionSpace
 
 from . import draw
@@ -43,7 +44,7 @@ _KIND_CODE = {"faces": 0xFACE, "skin": 0x5C1}
 MARKER = "atlas.json"
 
 
-class AtlasError(ValueError):
+class AtlasError(UserError):
     """Bad atlas arguments or an unusable output folder (one-line message)."""
 
 
