@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 from collections import Counter, defaultdict
 from dataclasses import replace
 from pathlib import Path
@@ -259,3 +260,31 @@ def test_api_rejects_bad_arguments(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(AtlasError, match="not a folder"):
         render_atlas(tmp_path / "file", resolution=16)
+
+
+def test_study_shaped_counts_and_overrides(tmp_path):
+    import csv
+    from collections import Counter
+
+    from synth.data.atlas import render_atlas
+    from synth.data.atlas.faces import STUDY_COUNTS
+    from synth.data.atlas.render import AtlasError, parse_counts
+
+    counts = parse_counts("study,infant=2,syndrome_b/older_adult=1", "faces", 20)
+    assert counts[("unaffected", "child")] == 100 and counts[("syndrome_a", "child")] == 30
+    assert counts[("syndrome_a", "infant")] == 2 and counts[("unaffected", "infant")] == 2  # a level: every cell with it
+    assert counts[("syndrome_b", "older_adult")] == 1 and counts[("syndrome_a", "older_adult")] == STUDY_COUNTS[("syndrome_a", "older_adult")]
+    assert parse_counts("late=5", "skin", 3) == {("early",): 3, ("intermediate",): 3, ("late",): 5}
+    for bad, why in (("flu=3", "no level or cell"), ("infant=-1", "N >= 0"), ("child", "expected LEVEL=N"), ("infant=0,child=0,"
+                     "adolescent=0,young_adult=0,older_adult=0", "every cell would be empty")):
+        with pytest.raises(AtlasError, match=why):
+            parse_counts(bad, "faces", 20)
+    with pytest.raises(AtlasError, match="for faces"):
+        parse_counts("study", "skin", 20)
+    small = {c: max(1, n // 10) for c, n in STUDY_COUNTS.items()}  # the study's shape, a tenth of it
+    out = render_atlas(tmp_path / "a", kind="faces", resolution=16, seed=3, progress=False, counts=small)
+    rows = list(csv.DictReader(open(out / "labels.csv")))
+    assert Counter((r["disease"], r["age"]) for r in rows) == Counter({c: n for c, n in small.items() if n})
+    again = render_atlas(tmp_path / "b", kind="faces", resolution=16, seed=3, progress=False, counts=small)
+    assert (out / "img" / "000003.png").read_bytes() == (again / "img" / "000003.png").read_bytes()  # same seed, same bytes
+    assert json.loads((out / "atlas.json").read_text())["counts"]["unaffected/child"] == 10

@@ -14,6 +14,7 @@ with age, so a classifier has something real but not trivial to learn:
 from __future__ import annotations
 
 import math
+from typing import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,7 @@ __all__ = [
     "STRENGTH",
     "age_bracket",
     "plan_faces",
+    "STUDY_COUNTS",
     "render_face",
     "face_geometry",
 ]
@@ -172,8 +174,19 @@ def _span(bracket: int) -> float:
     return (0.6, 2.5, 3.0, 5.0, 8.0)[bracket]
 
 
-def plan_faces(per_cell: int, seed: int) -> list[FaceImage]:
-    """Decide every image's subject and age: exactly ``per_cell`` images per disease x age cell.
+# The shape of the Williams/22q study's data (docs/atlas.md): a large unaffected pool in every
+# age group and small affected cells, rarest for infants and older adults (the study had 39
+# Williams and 35 22q older adults against hundreds of children).
+STUDY_COUNTS: dict[tuple[str, str], int] = {
+    **{(d, a): n for d in ("syndrome_a", "syndrome_b", "other_condition")
+       for a, n in zip(("infant", "child", "adolescent", "young_adult", "older_adult"), (6, 30, 20, 12, 4))},
+    **{("unaffected", a): 100 for a in ("infant", "child", "adolescent", "young_adult", "older_adult")},
+}
+
+
+def plan_faces(per_cell: int | Mapping[tuple[str, str], int], seed: int) -> list[FaceImage]:
+    """Decide every image's subject and age: exactly ``per_cell`` images per disease x age cell
+    (a number for every cell, or a map ``(disease, age) -> count``, e.g. :data:`STUDY_COUNTS`).
 
     Subjects get 1-3 images, usually in one bracket, sometimes straddling the boundary
     with the next bracket (so grouped folds matter).
@@ -183,7 +196,10 @@ def plan_faces(per_cell: int, seed: int) -> list[FaceImage]:
     n_sub = 0
     nb = len(AGE_BRACKETS)
     for disease in DISEASES:
-        left = [per_cell] * nb
+        if isinstance(per_cell, Mapping):
+            left = [int(per_cell.get((disease, AGE_BRACKETS[b][0]), 0)) for b in range(nb)]
+        else:
+            left = [int(per_cell)] * nb
         b = 0
         while b < nb:
             if left[b] == 0:

@@ -35,6 +35,7 @@ __all__ = [
     "ensure_atlas",
     "atlas_cache_dir",
     "atlas_space",
+    "parse_counts",
 ]
 
 # Bump when the pictures change, so cached atlases are re-rendered.
@@ -77,7 +78,46 @@ def _csv_text(header: list[str], rows: list[dict[str, str]]) -> str:
     return buf.getvalue()
 
 
-def _render_into(dst: Path, kind: str, per_cell: int, resolution: int, seed: int, progress: bool) -> int:
+def parse_counts(spec: str, kind: str, per_cell: int) -> dict[tuple[str, ...], int]:
+    """``--counts``: images per cell, from ``per_cell`` for every cell, then the comma-separated
+    entries in order: ``study`` (faces: the study's skewed shape, :data:`STUDY_COUNTS`),
+    ``LEVEL=N`` (every cell with that level of any factor) or ``DISEASE/AGE=N`` (one cell)."""
+    from .faces import AGE_BRACKETS, DISEASES, STUDY_COUNTS
+    from .skin import STAGES
+
+    cells = [(d, a[0]) for d in DISEASES for a in AGE_BRACKETS] if kind == "faces" else [(s,) for s in STAGES]
+    counts = {c: int(per_cell) for c in cells}
+    levels = {lv for c in cells for lv in c}
+    for token in [t.strip() for t in spec.split(",") if t.strip()]:
+        if token == "study":
+            if kind != "faces":
+                raise AtlasError("--counts study: the study's shape is for faces (disease x age)")
+            counts.update(STUDY_COUNTS)
+            continue
+        key, eq, value = token.partition("=")
+        try:
+            n = int(value)
+        except ValueError:
+            n = -1
+        if not eq or n < 0:
+            raise AtlasError(f"--counts {token!r}: expected LEVEL=N or {'DISEASE/AGE' if kind == 'faces' else 'STAGE'}=N "
+                             f"with N >= 0, or study")
+        parts = tuple(p.strip() for p in key.split("/"))
+        if len(parts) == len(cells[0]) and tuple(parts) in counts:
+            counts[tuple(parts)] = n
+        elif len(parts) == 1 and parts[0] in levels:
+            for c in cells:
+                if parts[0] in c:
+                    counts[c] = n
+        else:
+            raise AtlasError(f"--counts {token!r}: {key!r} is no level or cell of the {kind} atlas "
+                             f"(levels: {', '.join(sorted(levels))})")
+    if not any(counts.values()):
+        raise AtlasError(f"--counts {spec!r}: every cell would be empty")
+    return counts
+
+
+def _render_into(dst: Path, kind: str, per_cell: int | dict, resolution: int, seed: int, progress: bool) -> int:
     """Write a complete atlas into the (empty) folder ``dst``; returns the image count."""
     (dst / "img").mkdir(parents=True, exist_ok=True)
     plan = plan_faces(per_cell, seed) if kind == "faces" else plan_skin(per_cell, seed)
@@ -104,7 +144,8 @@ def _render_into(dst: Path, kind: str, per_cell: int, resolution: int, seed: int
         "format": "synth-atlas/1",
         "version": ATLAS_VERSION,
         "kind": kind,
-        "per_cell": int(per_cell),
+        "per_cell": int(per_cell) if not isinstance(per_cell, dict) else None,
+        **({"counts": {"/".join(c): n for c, n in per_cell.items()}} if isinstance(per_cell, dict) else {}),
         "resolution": int(resolution),
         "seed": int(seed),
         "images": len(rows),
@@ -145,11 +186,13 @@ def render_atlas(
     seed: int = 0,
     progress: bool = True,
     overwrite: bool = False,
+    counts: dict[tuple[str, ...], int] | None = None,
 ) -> Path:
     """Render an atlas into ``out_dir`` and return its path.
 
     ``out_dir`` must be missing or empty unless ``overwrite`` is set, in which case its
-    previous contents are replaced once the new atlas is complete.
+    previous contents are replaced once the new atlas is complete. ``counts`` (from
+    :func:`parse_counts`) replaces ``per_cell`` with a count per cell.
     """
     _check_args(kind, per_cell, resolution, seed)
     out = Path(out_dir)
@@ -163,7 +206,7 @@ def render_atlas(
         raise AtlasError(f"{out}: refusing to replace this folder (it holds the working folder, home or root)")
     tmp = _make_tmp(out)
     try:
-        _render_into(tmp, kind, int(per_cell), int(resolution), int(seed), progress)
+        _render_into(tmp, kind, counts if counts is not None else int(per_cell), int(resolution), int(seed), progress)
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

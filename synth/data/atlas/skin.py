@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from typing import Mapping
+
 import numpy as np
 
 from . import draw
@@ -46,13 +48,14 @@ class SkinImage:
     site: int  # which patch of this subject (different body sites look different)
 
 
-def plan_skin(per_cell: int, seed: int) -> list[SkinImage]:
-    """Exactly ``per_cell`` patches per stage, from subjects with 1-3 patches each."""
+def plan_skin(per_cell: int | Mapping[tuple[str], int], seed: int) -> list[SkinImage]:
+    """Exactly ``per_cell`` patches per stage (a number, or a map ``(stage,) -> count``), from
+    subjects with 1-3 patches each."""
     rng = np.random.default_rng([int(seed), 0x5C1, 1])
     out: list[SkinImage] = []
     n_sub = 0
     for stage in STAGES:
-        left = per_cell
+        left = int(per_cell.get((stage,), 0)) if isinstance(per_cell, Mapping) else int(per_cell)
         while left > 0:
             k = min(left, int(rng.choice([1, 2, 3], p=[0.4, 0.35, 0.25])))
             lo, hi = STAGE_RANGES[stage]
