@@ -68,6 +68,8 @@ VALUE_CASES = [
     ("train", ["--seed", "-3", "--dry-run"], "--seed"),
     ("ablate", ["--data", "{ds}", "--network", "{ckpt}", "--out", "{tmp}/o", "--seed", "-1"], "--seed"),
     ("train", ["--out", "{ds}/labels.csv", "--dry-run"], "is a file"),
+    ("ablate", ["--data", "{ds}", "--network", "{ckpt}", "--out", "{tmp}/o", "--executor", "local", "--emit-commands",
+                "{tmp}/cmds.txt"], "--emit-commands and --executor exclude each other"),
     ("train", ["--resume", "{ckpt}", "--dry-run"], "an exported generator has no discriminator"),
 ]
 

@@ -91,10 +91,27 @@ def _psi(ctx, param, value):
 @click.option("--report-only", is_flag=True,
               help="Train nothing: write the report of the finished ablation in --out (its plan.json gives the settings).")
 @click.option("--device", type=DEVICE, default="cpu", help="cpu, cuda or cuda:N.")
+@click.option("--status", is_flag=True, help="Print what --out has done, what is claimed (by whom) and what is left, and exit.")
+@click.option("--executor", type=click.Choice(["local", "slurm"]), default=None,
+              help="Run --workers workers of this command through submitit: SLURM array jobs, or local processes "
+                   "(waits for them and writes the report).")
+@click.option("--workers", type=click.IntRange(min=1), default=2, help="Workers for --executor and --emit-commands.")
+@click.option("--emit-commands", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write --workers worker command lines to this file (a swarm file, SLURM array lines or GNU "
+                   "parallel input) and exit; the report command follows as a comment.")
+@click.option("--slurm-partition", default=None, help="With --executor slurm: the partition.")
+@click.option("--slurm-gpus", type=click.IntRange(min=0), default=None, help="With --executor slurm: GPUs per job.")
+@click.option("--slurm-cpus", type=click.IntRange(min=1), default=None, help="With --executor slurm: CPUs per job.")
+@click.option("--slurm-mem", type=float, default=None, help="With --executor slurm: memory per job in GB.")
+@click.option("--slurm-time", type=click.IntRange(min=1), default=None, help="With --executor slurm: time limit in minutes.")
+@click.option("--slurm-account", default=None, help="With --executor slurm: the account to charge.")
+@click.option("--slurm-config", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="YAML with partition, gpus, cpus, mem_gb, time_min, account (options given override it).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder (finished cells are reused).")
 @click.option("--force", is_flag=True, help="Delete this folder's earlier ablation outputs and rerun everything.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-def ablate(**p) -> None:
+@click.pass_context
+def ablate(ctx: click.Context, **p) -> None:
     """Measure the classifier gain of each synthetic image type (the study's Table 2).
 
     For every fold, a classifier is trained on the real training folds alone (arm 'real')
@@ -130,6 +147,14 @@ def ablate(**p) -> None:
     from synth.ablation.plan import AblationConfig, AblationError, build_arms
     from synth.ablation.runner import report_only, run_ablation
 
+    if p["status"]:
+        from synth.ablation.status import ablation_status, format_status
+
+        try:
+            click.echo(format_status(ablation_status(p["out"])))
+        except UserError as e:
+            raise click.ClickException(message(e)) from None
+        return
     if p["threads"]:
         import torch
 
@@ -157,6 +182,9 @@ def ablate(**p) -> None:
         check_model_name(p["model"])
     except (AblationError, ModelError) as e:
         raise click.UsageError(str(e).splitlines()[0]) from None
+    if p["emit_commands"] is not None or p["executor"] is not None:
+        _hand_out(ctx, p)
+        return
     try:
         train = TrainConfig(
             model=p["model"], size=p["size"], epochs=p["epochs"], batch=p["batch"], lr=p["lr"],
@@ -219,3 +247,41 @@ def _summary(result) -> None:
     if st["small_k"]:
         click.echo(f"  note: only {st['k']} folds; the intervals are wide")
     click.echo(f"report: {result.out_dir / 'report.md'}")
+
+
+def _hand_out(ctx: click.Context, p: dict) -> None:
+    """--emit-commands / --executor: the same command, as --workers workers on one --out."""
+    from synth.ablation.cluster import SlurmSettings, emit_commands, submit, worker_args
+
+    if p["emit_commands"] is not None and p["executor"] is not None:
+        raise click.UsageError("--emit-commands and --executor exclude each other; choose one")
+    args = worker_args(ctx)
+    if p["emit_commands"] is not None:
+        report = emit_commands(p["emit_commands"], args, p["workers"], p["out"])
+        click.echo(f"wrote {p['workers']} worker command(s) to {p['emit_commands']}; run them at once (any machine that "
+                   f"sees --out), then: {report}")
+        return
+    override = dict(partition=p["slurm_partition"], gpus=p["slurm_gpus"], cpus=p["slurm_cpus"], mem_gb=p["slurm_mem"],
+                    time_min=p["slurm_time"], account=p["slurm_account"])
+    try:
+        slurm = (SlurmSettings.from_yaml(p["slurm_config"], **override) if p["slurm_config"] is not None
+                 else SlurmSettings(**{k: v for k, v in override.items() if v is not None}))
+        jobs = submit(args, p["workers"], p["executor"], p["out"], slurm, log=click.echo)
+    except UserError as e:
+        raise click.ClickException(message(e)) from None
+    report = f"synth ablate --report-only --out {p['out'].resolve()}"
+    if p["executor"] == "slurm":
+        click.echo(f"submitted {len(jobs)} worker job(s); watch with: synth ablate --status --out {p['out']}; "
+                   f"when they are done: {report}")
+        return
+    codes = [job.result() for job in jobs]  # local processes: wait for them
+    if any(codes):
+        raise click.ClickException(f"{sum(c != 0 for c in codes)} worker(s) failed (logs in {p['out'] / 'jobs'}); "
+                                   f"rerun the command to finish their cells")
+    from synth.ablation.runner import report_only
+
+    try:
+        result = report_only(p["out"])
+    except UserError as e:
+        raise click.ClickException(message(e)) from None
+    _summary(result)

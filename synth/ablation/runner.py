@@ -115,7 +115,8 @@ def check_out_dir(out: Path, config: AblationConfig, force: bool) -> bool:
         raise AblationError(f"--out {out}: exists and is not a folder")
     # Another worker starting at the same moment may have created ``out`` and be writing plan.json:
     # its temporary file alone does not make the folder foreign.
-    if force or not (out.is_dir() and any(not _is_temp(p) for p in out.iterdir())):
+    # Job logs of --executor (jobs/) are written before the first worker starts.
+    if force or not (out.is_dir() and any(not _is_temp(p) and p.name != "jobs" for p in out.iterdir())):
         return False
     old = read_json(out / "plan.json")
     if old is None:
