@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from tests.test_ablation import data, network  # noqa: F401 - module fixtures
@@ -17,14 +18,24 @@ ARGS = ["--folds", "2", "--types", "unrelated", "--model", "test_efficientnet", 
         "--aug", "none", "--psi", "1.0", "--seeds", "2", "--threads", "1", "--no-progress"]
 
 
+@pytest.fixture(scope="module")
+def serial(tmp_path_factory, data, network):  # noqa: F811
+    """The figures of the same ablation run by one process, for comparison."""
+    out = tmp_path_factory.mktemp("serial") / "out"
+    r = subprocess.run(_ablate_cmd(data, network, out), env=_env(), cwd=out.parent, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return _stats(out)
+
+
 def _cli(args, cwd=None):
     from synth.ablation.cli import ablate
 
     return CliRunner().invoke(ablate, args, catch_exceptions=False)
 
 
-def test_emitted_commands_run_by_two_shells_finish_the_ablation(tmp_path, data, network):  # noqa: F811
-    out, serial, cmds = tmp_path / "out", tmp_path / "serial", tmp_path / "swarm.txt"
+def test_emitted_commands_run_by_two_shells_finish_the_ablation(tmp_path, data, network, serial):  # noqa: F811
+    out, cmds = tmp_path / "out", tmp_path / "swarm.txt"
     r = _cli(["--data", str(data), "--network", str(network), *ARGS, "--out", str(out), "--workers", "2",
               "--emit-commands", str(cmds)])
     assert r.exit_code == 0, r.output
@@ -50,13 +61,10 @@ def test_emitted_commands_run_by_two_shells_finish_the_ablation(tmp_path, data, 
     r = subprocess.run(["bash", "-c", lines[-1][2:].replace("synth ablate", f"{sys.executable} -m synth ablate", 1)],
                        env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    r = subprocess.run(_ablate_cmd(data, network, serial), env=_env(), cwd=tmp_path, capture_output=True, text=True,
-                       timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert _stats(out) == _stats(serial)
+    assert _stats(out) == serial
 
 
-def test_submitit_local_executor_runs_the_workers_and_reports(tmp_path, data, network, monkeypatch):  # noqa: F811
+def test_submitit_local_executor_runs_the_workers_and_reports(tmp_path, data, network, serial, monkeypatch):  # noqa: F811
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     out = tmp_path / "out"
@@ -69,6 +77,7 @@ def test_submitit_local_executor_runs_the_workers_and_reports(tmp_path, data, ne
     pids = {json.loads(c.read_text())["worker"]["pid"] for c in cells}
     assert os.getpid() not in pids  # trained by the submitted processes, not by this one
     assert (out / "results.json").is_file() and (out / "jobs").is_dir()
+    assert _stats(out) == serial  # the report of a serial run
 
 
 def test_status_of_a_half_finished_folder(tmp_path, data, network):  # noqa: F811
