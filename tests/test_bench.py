@@ -27,5 +27,11 @@ def test_bench_preset_options_match_the_train_cli():
 def test_bench_preset_runs_a_tiny_step():
     from bench import bench_preset
 
-    r = bench_preset("cpu", 8, iters=1, warmup=1, batch=4, channel_base=32, channel_max=8, mbstd_group=2)
-    assert r["mode"] == "preset" and r["batch"] == 4 and r["img_per_s"] > 0
+    r = bench_preset("cpu", 8, iters=2, warmup=1, batch=4, channel_base=32, channel_max=8, mbstd_group=2)
+    assert r["mode"] == "preset" and r["batch"] == 4 and r["iters"] == 2 and r["img_per_s"] > 0
+    # the figures agree with each other: seconds per kimg is 1000 / images per second
+    assert abs(r["sec_per_kimg"] * r["img_per_s"] / 1000 - 1) < 0.02
+    assert r["img_per_cpu_s"] > 0 and r["peak_mem_mb"] > 0
+    # the overrides reached the networks: channel_max 8 at 8 px is a far smaller model than the preset's
+    big = bench_preset("cpu", 8, iters=1, warmup=0, batch=4, mbstd_group=2)
+    assert 0 < r["G_params"] < big["G_params"] and 0 < r["D_params"] < big["D_params"]
