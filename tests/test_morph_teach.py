@@ -99,6 +99,18 @@ def test_cli_morph_one_factor_skin_space(tmp_path, ckpts):
              "--seeds", "3", "--no-video", "--out", out, "--quiet", "--mean-w-samples", "32"])
     assert r.exit_code == 0, r.output
     assert (out / "morph_s3.png").exists() and not (out / "morph_s3.gif").exists()
+    info = json.loads((out / "morph.json").read_text())
+    assert (info["factor"], info["from"], info["to"], info["fixed"]) == ("stage", "early", "late", {})
+    # the strip holds the default 5 steps of one identity, and the stage moves it: first and last frames differ
+    from synth.synthesis.engine import Renderer
+    from synth.synthesis.morph import morph_label, resolve_morph
+    from synth.networks.checkpoint import load_generator
+
+    G, space, _ = load_generator(ckpts / "skin.ckpt")
+    spec = resolve_morph(space, "stage", "early", "late", None)
+    ends = Renderer(G, psi=info["psi"] if "psi" in info else 1.0, mean_w_samples=32).images(
+        [3, 3], np.stack([morph_label(space, spec, 0.0), morph_label(space, spec, 1.0)]), noise_seed=3)
+    assert not np.array_equal(ends[0], ends[1])
 
 
 @pytest.mark.parametrize(
