@@ -76,8 +76,8 @@ class Recorder:
     def __call__(self, train, val, target, cfg, **kw):
         if self.fail_after is not None and len(self.calls) >= self.fail_after:
             raise KeyboardInterrupt  # what a killed run looks like to the caller
-        self.calls.append({"train_files": list(train.files), "source": list(train.source), "val_files": list(val.files),
-                           "desc": kw.get("desc"), "seed": cfg.seed})
+        self.calls.append({"train_files": list(train.files), "source": list(train.source),
+                           "val_files": list(val.files) if val is not None else [], "desc": kw.get("desc"), "seed": cfg.seed})
         return self.real(train, val, target, cfg, **kw)
 
 
@@ -166,9 +166,13 @@ def test_ablation_folds_resume_and_report(tmp_path, data, network, monkeypatch):
     for call in rec.calls + rec2.calls:
         fold = int(call["desc"].split()[1])
         held_out = {r.file for r, f in zip(ds.records, folds) if f == fold}
-        assert set(call["val_files"]) == held_out  # only real held-out images are scored
+        # the epoch is chosen on an inner split of the training folds: never a held-out image
+        inner = set(call["val_files"])
+        assert inner and not inner & held_out
         real_train = [f for f, s in zip(call["train_files"], call["source"]) if s == "own"]
-        assert set(real_train) == real_files - held_out
+        assert set(real_train) | inner == real_files - held_out and not set(real_train) & inner
+        subject = {r.file: r.subject for r in ds.records}
+        assert not {subject[f] for f in inner} & {subject[f] for f in real_train}  # subjects kept whole
         syn = [f for f, s in zip(call["train_files"], call["source"]) if s == "extra"]
         assert ("real" in call["desc"]) == (not syn)
         assert all(f.startswith(f"synthetic/fold{fold}/") for f in syn)  # only this fold's synthetic set
@@ -210,6 +214,13 @@ def test_ablation_folds_resume_and_report(tmp_path, data, network, monkeypatch):
     assert results["test"]["statistics"]["accuracy"]["arms"]["real"]["scores"]
     report = (out / "report.md").read_text()
     assert "only 2 folds" in report and "leaked" in report
+    sel = results["epoch_selection"]
+    assert sel["mode"] == "inner" and sel["inner_val"] == 0.2 and set(sel["best_epochs"]) == set(st["arms"])
+    assert all(0 <= e < sel["epochs"] for e in sel["best_epochs"]["real"]) and len(sel["best_epochs"]["real"]) == 2
+    assert "scored at the best epoch on an inner validation split (20% of the training folds" in report
+    assert "Mean best epoch of" in report
+    cell = json.loads((out / "cells" / "fold0" / "real.json").read_text())
+    assert cell["epoch_selection"] == "inner" and cell["n_inner_val"] > 0
     assert res2.results["cv"]["statistics"] == results["cv"]["statistics"]
 
     # another plan in the same folder is refused (--force would wipe it)
@@ -229,7 +240,9 @@ def test_matched_control_repeats_real_images_with_the_synthetic_counts(tmp_path,
     out = tmp_path / "out"
     rec = Recorder()
     monkeypatch.setattr(runner, "train_classifier", rec)
-    res = run_ablation(config(data, network, types=["unrelated"], matched_control=True, ratios=[2.0]), out)
+    # the last epoch is scored: no inner split takes images out of these tiny cells
+    res = run_ablation(config(data, network, types=["unrelated"], matched_control=True, ratios=[2.0],
+                              epoch_selection="last"), out)
     assert [a.name for a in res.arms] == ["real", "real_matched_x2", "unrelated_x2"]
     ds = open_dataset(data)
     cell_of = {r.file: (r.labels["disease"], r.labels["age"]) for r in ds.records}
@@ -260,10 +273,18 @@ def test_matched_control_repeats_real_images_with_the_synthetic_counts(tmp_path,
     assert ("cv", "accuracy", "unrelated_x2", "real_matched_x2") in vs and ("cv", "accuracy", "unrelated_x2", "real") in vs
     assert ("cv", "accuracy", "real_matched_x2", "real_matched_x2") not in vs  # no row of a control against itself
 
-    # a folder made before the control existed reports (and resumes) without it
+    # a folder made before the control existed reports (and resumes) without it; one made before
+    # the inner split keeps its epoch choice (on the held-out fold), so its cells stay comparable
     plan = json.loads((out / "plan.json").read_text())
     del plan["config"]["matched_control"]
-    assert AblationConfig.from_dict(plan["config"]).matched_control is False
+    del plan["config"]["epoch_selection"]
+    old = AblationConfig.from_dict(plan["config"])
+    assert old.matched_control is False and old.epoch_selection == "held_out"
+    from synth.ablation import AblationError
+
+    with pytest.raises(AblationError, match="--inner-val"):
+        run_ablation(config(data, network, inner_val=0.9), tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
 
 
 def test_one_factor_stage_data_with_factor_option(tmp_path):

@@ -82,6 +82,11 @@ def _psi(ctx, param, value):
               help="Also train 'real_matched' (per ratio): the real images plus as many real training images again, "
                    "cell by cell with the synthetic counts, so it trains for the same steps on the same label mix. "
                    "The gain over it is what the synthetic images add beyond more training.")
+@click.option("--epoch-selection", type=click.Choice(["inner", "last", "held-out"]), default="inner",
+              help="Which epoch of each classifier is scored: the best on an inner, grouped validation split of the "
+                   "training folds (never the held-out fold); the last; or held-out (optimistic: the scoring images "
+                   "choose the model; only to finish folders made before the inner split).")
+@click.option("--inner-val", type=float, default=0.2, help="With --epoch-selection inner: share of the training folds held out to choose the epoch.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch CPU threads of this worker (e.g. 1 per worker when several share a machine).")
 @click.option("--claim-timeout", type=float, default=600.0, callback=_positive,
@@ -200,7 +205,8 @@ def ablate(ctx: click.Context, **p) -> None:
             target=p["target"], train=train, test_data=str(p["test_data"].resolve()) if p["test_data"] else None,
             seed=p["seed"], psi=p["psi"], mixes=list(p["mixes"]) or [0.55], exclude=list(p["exclude"]) or None,
             device=p["device"], progress=not p["no_progress"], gan_options=_gan_options(p["gan_options"]),
-            age_factor=p["age_factor"], seeds=p["n_seeds"], matched_control=p["matched_control"], stale_after=p["claim_timeout"], wait=not p["no_wait"],
+            age_factor=p["age_factor"], seeds=p["n_seeds"], matched_control=p["matched_control"],
+            epoch_selection=p["epoch_selection"].replace("-", "_"), inner_val=p["inner_val"], stale_after=p["claim_timeout"], wait=not p["no_wait"],
         )
         result = run_ablation(config, p["out"], force=p["force"])
     except UserError as e:

@@ -80,6 +80,13 @@ class AblationConfig:
     gan_options: dict[str, Any] = field(default_factory=dict)
     seeds: int = 1
     matched_control: bool = True  # a real_matched arm per ratio (see the module docstring)
+    # Which epoch of each classifier is scored on the held-out fold: "inner" picks the best
+    # epoch on a grouped, stratified ``inner_val`` share of the training folds (never the
+    # held-out fold); "last" takes the last epoch; "held_out" picks it on the held-out fold
+    # itself (optimistic: the scoring images chose the model), kept only to finish folders
+    # made before the inner split existed.
+    epoch_selection: str = "inner"
+    inner_val: float = 0.2
     stale_after: float = 600.0  # seconds without heartbeat before another worker takes a claim over
     wait: bool = True  # a worker with nothing left to claim waits for the others, then writes the report
     target: str = "disease"
@@ -109,6 +116,7 @@ class AblationConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         kw = {k: v for k, v in d.items() if k in known and k != "train"}
         kw.setdefault("matched_control", False)  # plans written before the control existed had none
+        kw.setdefault("epoch_selection", "held_out")  # ... and before the inner validation split
         tknown = {f.name for f in dataclasses.fields(TrainConfig)}
         kw["train"] = TrainConfig(**{k: v for k, v in d.get("train", {}).items() if k in tknown})
         return cls(**kw)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from classifiers.metrics import csv_text
 from synth.utils.io import atomic_save, atomic_write_text
 
@@ -183,6 +185,7 @@ def render_markdown(results: dict) -> str:
         out += ["", f"Each fold and arm was trained with {seeds} classifier seeds; a fold's score is their mean and the "
                 "out-of-fold predictions average their probabilities. SD of accuracy between seeds within a fold "
                 f"(points, mean over folds): {spread}."]
+    out += _epoch_section(results.get("epoch_selection"))
     for metric in METRICS:
         out += ["", f"### {metric.replace('_', ' ').capitalize()}", ""]
         out += _stat_table(results["cv"]["statistics"][metric], with_corrected=True)
@@ -251,6 +254,25 @@ def plot_gain(path: Path, results: dict) -> None:
         atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     finally:
         plt.close(fig)
+
+
+def _epoch_section(sel: dict | None) -> list[str]:
+    """Which epoch was scored, and where the best epochs fell (convergence at a glance)."""
+    if not sel:
+        return []
+    share = f"{sel['inner_val']:.0%} of " if sel.get("inner_val") is not None else ""
+    how = {"inner": f"the best epoch on an inner validation split ({share}the training folds, "
+                    f"subjects kept whole; never the held-out fold)",
+           "last": "the last epoch", "held_out": "the best epoch on the held-out fold itself (optimistic: the "
+                                                 "scoring images chose the model; a folder from before the inner split)"}
+    lines = ["", f"Each classifier is scored at {how.get(sel['mode'], sel['mode'])}."]
+    if sel["mode"] != "last" and sel.get("best_epochs"):
+        n = sel["epochs"]
+        parts = [f"{arm} {np.mean(e) + 1:.1f}" + (f" ({sum(x == n - 1 for x in e)}/{len(e)} at the last)" if e else "")
+                 for arm, e in sel["best_epochs"].items() if e]
+        lines.append(f"Mean best epoch of {n} per arm (in brackets: classifiers whose best was the last epoch, "
+                     f"still improving): {', '.join(parts)}.")
+    return lines
 
 
 def write_report(out_dir: str | Path, results: dict) -> dict[str, Path]:

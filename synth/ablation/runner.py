@@ -85,6 +85,10 @@ def _check_config(config: AblationConfig) -> list[Arm]:
         raise AblationError(f"--test-data {config.test_data}: not found")
     if config.k < 2:
         raise AblationError(f"--folds {config.k}: need at least 2 folds")
+    if config.epoch_selection not in ("inner", "last", "held_out"):
+        raise AblationError(f"--epoch-selection {config.epoch_selection!r}: choose inner, last or held-out")
+    if config.epoch_selection == "inner" and not 0.05 <= config.inner_val <= 0.5:
+        raise AblationError(f"--inner-val {config.inner_val}: give a share of the training folds between 0.05 and 0.5")
     if config.gan_per_fold and config.network is not None:
         raise AblationError("--network and --gan-per-fold exclude each other; choose one")
     if not config.gan_per_fold:
@@ -226,6 +230,7 @@ class _Run:
             raise AblationError(str(e).splitlines()[0]) from None
         self._check_roles()
         self._generators: dict[int, tuple[Any, Any]] = {}
+        self._inner: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.trained: list[tuple[int, str, int]] = []
 
     def write_folds(self) -> None:
@@ -321,7 +326,7 @@ class _Run:
         from synth.conditions import ConditionError
 
         names = self.cell_factors
-        train_idx = np.flatnonzero(self.folds != fold)
+        train_idx = self.fit_indices(fold)  # never the inner validation images: they choose the epoch
         by_cell: dict[tuple, list[int]] = {}
         for i in train_idx:
             by_cell.setdefault(self.cells[i], []).append(int(i))
@@ -352,13 +357,53 @@ class _Run:
         return (self.config.seed * 1_000_003 + fold * 10_000_019 + t * 100_003) % (2**31 - 10**6)
 
     # ---- one cell --------------------------------------------------------------------------
+    def inner_split(self, fold: int) -> tuple[np.ndarray, np.ndarray]:
+        """(fit, inner validation) indices of fold ``fold``'s training images: subjects kept
+        whole, classes in proportion, the same split for every arm and seed."""
+        from sklearn.model_selection import StratifiedGroupKFold
+
+        if fold in self._inner:
+            return self._inner[fold]
+        train_idx = np.flatnonzero(self.folds != fold)
+        n_splits = max(2, round(1 / self.config.inner_val))
+        y = self.own.targets[train_idx].argmax(1)
+        groups = self.imageset.groups()[train_idx]
+        if len(set(groups)) < n_splits:
+            raise AblationError(f"fold {fold}: {len(set(groups))} subjects are too few for a {self.config.inner_val:g} "
+                                f"inner validation split; lower --inner-val or use --epoch-selection last")
+        # a class rarer than the number of splits cannot be stratified over them: split coarser
+        # (a larger inner share) down to 2, then give up stratification (tiny data)
+        rarest = int(np.bincount(y).min()) if len(y) else 0
+        seed = self.config.seed * 1000 + fold
+        if rarest >= 2:
+            cv = StratifiedGroupKFold(n_splits=min(n_splits, rarest), shuffle=True, random_state=seed)
+            fit, val = next(cv.split(np.zeros(len(train_idx)), y, groups))
+        else:
+            from sklearn.model_selection import GroupShuffleSplit
+
+            cv = GroupShuffleSplit(n_splits=1, test_size=self.config.inner_val, random_state=seed)
+            fit, val = next(cv.split(np.zeros(len(train_idx)), y, groups))
+        self._inner[fold] = (train_idx[fit], train_idx[val])
+        return self._inner[fold]
+
+    def fit_indices(self, fold: int) -> np.ndarray:
+        """The real images a classifier of fold ``fold`` learns from."""
+        if self.config.epoch_selection == "inner":
+            return self.inner_split(fold)[0]
+        return np.flatnonzero(self.folds != fold)
+
     def run_cell(self, fold: int, arm: Arm, seed: int = 0) -> dict:
         from classifiers import metrics
         from classifiers.data import ClassifierDataError, LabelledImages, encode_images
         from classifiers.ensemble import predict_probs
 
-        train_idx = np.flatnonzero(self.folds != fold)
+        train_idx = self.fit_indices(fold)
         val_idx = np.flatnonzero(self.folds == fold)
+        selection = self.config.epoch_selection
+        # the images that choose the epoch: an inner split of the training folds, none, or
+        # (legacy) the held-out fold itself
+        select = (self.own.take(self.inner_split(fold)[1]) if selection == "inner"
+                  else self.own.take(val_idx) if selection == "held_out" else None)
         parts = [self.own.take(train_idx)]
         n_syn = n_rep = 0
         if arm.matched:
@@ -379,13 +424,13 @@ class _Run:
         val = self.own.take(val_idx)
         fcfg = dataclasses.replace(self.tc, seed=classifier_seed(self.tc.seed, fold, seed))
         res = train_classifier(
-            train, val, self.target, fcfg, out_dir=None, class_weight=self.class_weight,
+            train, select, self.target, fcfg, out_dir=None, class_weight=self.class_weight,
             meta_extra={"fold": fold, "arm": arm.name, "seed_index": seed},
             desc=cell_name(fold, arm.name, seed, self.config.seeds),
         )
         norm = res.meta["normalisation"]
         device = next(res.model.parameters()).device
-        probs = res.val_probs
+        probs = res.val_probs if selection == "held_out" else None
         if probs is None:
             probs = predict_probs(res.model, val.images, norm["mean"], norm["std"], self.tc.eval_batch, device)
         names = list(self.target.class_names)
@@ -395,7 +440,8 @@ class _Run:
             "fold": fold, "arm": arm.to_dict(), "seed_index": seed, "classifier_seed": fcfg.seed,
             "worker": {"host": socket.gethostname(), "pid": os.getpid()},
             "class_names": names, "n_train_real": int(len(train_idx)),
-            "n_synthetic": n_syn, "n_repeated": n_rep, "best_epoch": res.best_epoch,
+            "n_synthetic": n_syn, "n_repeated": n_rep, "best_epoch": res.best_epoch, "epoch_selection": selection,
+            "n_inner_val": 0 if select is None or selection != "inner" else int(len(select)),
             "val": {"files": [self.imageset[i].file for i in val_idx], "probs": np.round(probs, 6).tolist(), "metrics": m},
             "test": None,
         }
@@ -588,6 +634,13 @@ class _Run:
             results["cv"]["statistics"]["balanced_accuracy"]["arms"][arm.name]["pooled"] = oof_metrics[arm.name]["balanced_accuracy"]
             results["cv"]["statistics"]["accuracy"]["arms"][arm.name]["seed_sd"] = seed_sd[arm.name]
         results["cv"]["matched"] = self._matched_statistics(acc, bal, correct, n_train, n_test, oof_metrics)
+        results["epoch_selection"] = {
+            "mode": cfg.epoch_selection, "inner_val": cfg.inner_val if cfg.epoch_selection == "inner" else None,
+            "epochs": cfg.train.epochs,
+            # 0-based best epoch of every (fold, seed) classifier per arm: near the last epoch means
+            # the classifiers were still improving (not converged)
+            "best_epochs": {arm: [e for row in rows for e in row["best_epoch"]] for arm, rows in fold_rows.items()},
+        }
         if self.test is not None:
             results["test"] = {
                 "n_images": len(self.test_set),
