@@ -401,3 +401,45 @@ def test_failed_ablate_leaves_out_as_it_was(tmp_path, data, network, earlier):
         assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == before
     if earlier != "results":  # the corrected command would not be refused
         assert check_out_dir(out, config(data, network, types=["unrelated"]), force=False) is False
+
+
+def test_perfect_generator_arm_renders_new_atlas_subjects_for_the_synthetic_counts(tmp_path, monkeypatch):
+    """The ceiling of the experiment: fresh atlas faces of new subjects, same cells and counts as
+    the synthetic arms, never one of the data's images; refused for data that is no atlas."""
+    from collections import Counter
+
+    import synth.ablation.runner as runner
+    from synth.ablation import AblationError, run_ablation
+    from synth.conditions import ConditionSpace
+    from synth.data.atlas import render_atlas
+    from synth.data.dataset import open_dataset
+    from synth.networks import Generator
+    from synth.networks.checkpoint import save_checkpoint
+
+    atlas = render_atlas(tmp_path / "atlas", kind="faces", per_cell=4, resolution=16, seed=0, progress=False)
+    space = ConditionSpace.default(["disease", "age"], embed_total=16)
+    torch.manual_seed(0)
+    G = Generator(z_dim=16, w_dim=16, space=space, img_resolution=16, mapping_kwargs={"num_layers": 1},
+                  synthesis_kwargs={"channel_base": 256, "channel_max": 16}).eval()
+    save_checkpoint(tmp_path / "g.ckpt", {"G_ema": G, "space": space})
+    rec = Recorder()
+    monkeypatch.setattr(runner, "train_classifier", rec)
+    out = tmp_path / "out"
+    res = run_ablation(config(atlas, tmp_path / "g.ckpt", types=["unrelated", "perfect"], matched_control=True,
+                              epoch_selection="last"), out)
+    assert [a.name for a in res.arms] == ["real", "real_matched", "unrelated", "perfect"]
+    real_pixels = {open_dataset(atlas).read_bytes(i) for i in range(len(open_dataset(atlas)))}
+    for fold in range(2):
+        perfect = open_dataset(out / "synthetic" / f"fold{fold}" / "perfect")
+        unrel = open_dataset(out / "synthetic" / f"fold{fold}" / "unrelated")
+        cells = lambda ds: Counter((r.labels["disease"], r.labels["age"]) for r in ds.records)  # noqa: E731
+        assert cells(perfect) == cells(unrel) and len(perfect) > 0  # the synthetic arms' cells and counts
+        assert not any(perfect.read_bytes(i) in real_pixels for i in range(len(perfect)))  # new faces
+    report = (out / "report.md").read_text()
+    assert "### Power check: the perfect generator `perfect`" in report
+    # data that is not an atlas has no new subjects to draw
+    from tests.helpers import grid_rows, write_tiny_dataset
+
+    plain = write_tiny_dataset(tmp_path / "plain", grid_rows(["syndrome_a", "unaffected"], ["infant", "child"], per_cell=3))
+    with pytest.raises(AblationError, match="needs an atlas"):
+        run_ablation(config(plain, tmp_path / "g.ckpt", types=["perfect"], cond=["disease", "age"]), tmp_path / "o2")

@@ -132,13 +132,22 @@ class AblationConfig:
         return json.loads(json.dumps(d))  # as stored in plan.json (tuples become lists)
 
 
+# The perfect-generator control (atlas data only): freshly rendered atlas faces of new subjects
+# for the same cells and counts as the synthetic arms, what an ideal generator would add. Its
+# gain is the experiment's ceiling and its power check.
+PERFECT_TYPE = "perfect"
+
+
 def parse_type_token(token: str, default_mixes: Sequence[float]) -> tuple[str, tuple[float, ...], str]:
     """``unrelated`` -> (type, (), name); ``blended`` or ``blended:0.75`` -> mixes and a name
     that shows a non-default mix (``blended75``)."""
     token = token.strip()
     base, _, arg = token.partition(":")
+    if base == PERFECT_TYPE and not arg:
+        return base, (), base
     if base not in PRODUCT_TYPES:
-        raise AblationError(f"--types: unknown type {base!r} (choose from {', '.join(PRODUCT_TYPES)})")
+        raise AblationError(f"--types: unknown type {base!r} (choose from {', '.join(PRODUCT_TYPES)}, or {PERFECT_TYPE} "
+                            f"with atlas data)")
     if base != "blended":
         if arg:
             raise AblationError(f"--types {token}: only blended takes a mix (blended:0.75)")

@@ -190,6 +190,7 @@ def render_markdown(results: dict) -> str:
         out += ["", f"### {metric.replace('_', ' ').capitalize()}", ""]
         out += _stat_table(results["cv"]["statistics"][metric], with_corrected=True)
     out += _matched_section(results["cv"].get("matched") or {}, results, with_corrected=True)
+    out += _power_section(results)
     out += ["", "### Accuracy per class (pooled out-of-fold)", ""]
     out += _class_table(results["cv"]["oof"], results["class_names"])
     out += ["", "### Accuracy per condition cell (pooled out-of-fold, %)", ""]
@@ -254,6 +255,32 @@ def plot_gain(path: Path, results: dict) -> None:
         atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     finally:
         plt.close(fig)
+
+
+def _power_section(results: dict) -> list[str]:
+    """The perfect-generator control: the ceiling of the experiment and whether it can see a gain."""
+    arms = results["cv"]["statistics"]["accuracy"]["arms"]
+    names = [a["name"] for a in results["arms"] if a.get("type") == "perfect"]
+    out: list[str] = []
+    for name in names:
+        c = arms.get(name, {}).get("corrected") or arms.get(name, {}).get("difference")
+        if not c:
+            continue
+        matched = next((m["accuracy"]["arms"].get(name) for m in (results["cv"].get("matched") or {}).values()
+                        if name in m["accuracy"]["arms"]), None)
+        mc = (matched or {}).get("corrected") or (matched or {}).get("difference")
+        out += ["", f"### Power check: the perfect generator `{name}`", "",
+                f"`{name}` adds freshly rendered atlas faces of new subjects, in the synthetic arms' cells and counts: "
+                f"what an ideal generator would add. Over `real` it gains {_pct(c['mean'], True)} points "
+                f"(CI [{_pct(c['ci_low'], True)}, {_pct(c['ci_high'], True)}])"
+                + (f"; over the matched control {_pct(mc['mean'], True)} (CI [{_pct(mc['ci_low'], True)}, "
+                   f"{_pct(mc['ci_high'], True)}])" if mc else "") + "."]
+        if c["ci_low"] <= 0 or (mc and mc["ci_low"] <= 0):
+            out.append("**Even these images show no significant gain: this design cannot detect a gain of that size "
+                       "(more folds, seeds or data would be needed), so no synthetic arm's result here can show one.**")
+        else:
+            out.append("That is the ceiling of this experiment: a synthetic arm near it renders what the data lacks.")
+    return out
 
 
 def _epoch_section(sel: dict | None) -> list[str]:

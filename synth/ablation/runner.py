@@ -34,7 +34,7 @@ import numpy as np
 from classifiers.train import train_classifier
 from synth.ablation.cache import read_json, try_claim, write_json
 from synth.ablation.gan import ensure_fold_gan, fold_gan_done, fold_gan_options, load_fold_generator
-from synth.ablation.plan import REFERENCE_ARM, AblationConfig, AblationError, Arm, build_arms
+from synth.ablation.plan import PERFECT_TYPE, REFERENCE_ARM, AblationConfig, AblationError, Arm, build_arms
 
 __all__ = ["AblationResult", "run_ablation", "report_only", "load_plan", "check_out_dir", "prepare_out_dir", "cell_path",
            "classifier_seed"]
@@ -242,6 +242,18 @@ class _Run:
             self._new_folds = False
 
     def _check_roles(self) -> None:
+        self._atlas = None
+        if any(a.type == PERFECT_TYPE for a in self.arms):
+            meta = read_json(Path(self.config.data) / "atlas.json")
+            if not isinstance(meta, dict) or meta.get("kind") not in ("faces", "skin"):
+                raise AblationError(f"--types {PERFECT_TYPE}: needs an atlas (synth data atlas) as --data: it renders "
+                                    f"new subjects of it; {self.config.data} has no atlas.json")
+            from synth.data.atlas import atlas_space
+
+            if set(atlas_space(meta["kind"]).names) != set(self.space.names):
+                raise AblationError(f"--types {PERFECT_TYPE}: --cond must name every factor of the atlas "
+                                    f"({', '.join(atlas_space(meta['kind']).names)})")
+            self._atlas = meta
         needs_age = {a.type for a in self.arms} & {"age_related", "age_progression"}
         if needs_age and (self.config.age_factor not in self.space.names):
             raise AblationError(
@@ -297,11 +309,33 @@ class _Run:
         base = study_counts(space, counts_in, roles, parse_exclusions(cfg.exclude, space))
         return {c: int(n * ratio + 0.5) for c, n in base.items()}, roles
 
+    def _render_perfect(self, fold: int, arm: Arm, d: Path) -> None:
+        """The perfect-generator set: the atlas renders new subjects (its own seed stream, never
+        the data's) for exactly the cells and counts the synthetic arms of ``arm.ratio`` get."""
+        from synth.conditions import ConditionError
+        from synth.data.atlas import atlas_space, render_atlas
+
+        meta = self._atlas
+        try:
+            counts, _roles = self._study_counts(fold, self.space, arm.ratio)
+        except ConditionError as e:
+            raise AblationError(f"{arm.name}, fold {fold}: {str(e).splitlines()[0]}") from None
+        order = atlas_space(meta["kind"]).names
+        names = list(self.space.names)
+        cells = {tuple(cell[names.index(n)] for n in order): n for cell, n in counts.items() if n}
+        if not cells:
+            raise AblationError(f"--ratio {arm.ratio}: every {PERFECT_TYPE} cell count rounds to zero")
+        seed = 1_000_000 + int(meta.get("seed", 0)) * 1000 + self.config.seed * 100 + fold * 10 + round(arm.ratio)
+        render_atlas(d, kind=meta["kind"], resolution=int(meta["resolution"]), seed=seed, progress=False, counts=cells)
+
     def _generate(self, fold: int, arm: Arm, d: Path) -> None:
         from synth.conditions import ConditionError
         from synth.synthesis.errors import SynthesisError
         from synth.synthesis.generate import generate_products
 
+        if arm.type == PERFECT_TYPE:
+            self._render_perfect(fold, arm, d)
+            return
         G, gspace = self.generator(fold)
         cfg = self.config
         try:
@@ -490,7 +524,8 @@ class _Run:
 
     def _ready(self, fold: int, arm: Arm) -> bool:
         """Whether the cell can start now (a cell needing a GAN another worker trains waits)."""
-        return arm.real_only or not self.config.gan_per_fold or fold_gan_done(self.out, fold) is not None \
+        return arm.real_only or arm.type == PERFECT_TYPE or not self.config.gan_per_fold \
+            or fold_gan_done(self.out, fold) is not None \
             or (self.synthetic_dir(fold, arm) / "labels.csv").is_file()
 
     def run_all(self) -> bool:
