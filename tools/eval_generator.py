@@ -654,7 +654,6 @@ def evaluate_checkpoint(path: Path, panel: Panel, cfg: PanelConfig, reference: d
         start = cfg.seed + len(cells) * cfg.per_cell
         items = plan_products(space, "age_related", counts, SeedStream(None, start), roles)
         levels = space.factor(factor).levels
-        fi = list(space.names).index(factor)
         n_lv = len(levels)
         t1 = time.perf_counter()
         frames = renderer.images([it.seed for it in items], np.stack([it.label for it in items]), noise_seed=start)
@@ -689,23 +688,6 @@ def evaluate_checkpoint(path: Path, panel: Panel, cfg: PanelConfig, reference: d
 
 # ----------------------------------------------------------------------------------------
 # Output
-
-
-def _clean(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        v = float(obj)
-        return v if math.isfinite(v) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 def _pct(v) -> str:
@@ -838,7 +820,9 @@ def run_panel(checkpoints: Sequence[Path], out: Path, cfg: PanelConfig, log=prin
         "seconds": time.perf_counter() - t0,
     }
     result["statement"] = header_sentence(result)
-    result = _clean(result)
+    from synth.quality.report import json_safe
+
+    result = json_safe(result)
     jp, mp = write_outputs(result, out)
     log(f"wrote {jp} and {mp} ({result['seconds']:.0f} s)")
     return result

@@ -429,7 +429,6 @@ def transfer_weights(
 ) -> ImportReport:
     """The surgery of :func:`import_official` from state dicts: ``nets`` maps ``G``/``G_ema``/``D``
     to ``{"state_dict": {...}}``, e.g. an unconditional snapshot of ours (``where`` names it)."""
-    path = where
     gen = torch.Generator().manual_seed(int(seed))
     plan = []
     for target, net, prefs, is_d in (("G", G, ("G", "G_ema"), False), ("G_ema", G_ema, ("G_ema", "G"), False), ("D", D, ("D",), True)):
@@ -437,20 +436,20 @@ def transfer_weights(
             continue
         src_key = next((k for k in prefs if k in nets), None)
         if src_key is None:
-            raise LegacyImportError(f"{path}: has no {' or '.join(prefs)} network to import into {target}")
+            raise LegacyImportError(f"{where}: has no {' or '.join(prefs)} network to import into {target}")
         plan.append((target, net, src_key, is_d))
     if not plan:
-        raise LegacyImportError(f"{path}: give at least one of G, D, G_ema to import into")
+        raise LegacyImportError(f"{where}: give at least one of G, D, G_ema to import into")
 
     # back up first so that a strict failure (or any error) leaves the caller's networks untouched
-    rep = ImportReport(path=str(path))
+    rep = ImportReport(path=where)
     backups = {target: {k: v.clone() for k, v in net.state_dict().items()} for target, net, _, _ in plan}
     try:
         for target, net, src_key, is_d in plan:
             rep.networks.append(_import_into(net, target, src_key, nets[src_key]["state_dict"], is_d, label_init, gen))
         if strict and rep.unexpected:
             shown = ", ".join(rep.unexpected[:8]) + (" ..." if len(rep.unexpected) > 8 else "")
-            raise LegacyImportError(f"{path}: strict import failed, unexpected mismatches: {shown}")
+            raise LegacyImportError(f"{where}: strict import failed, unexpected mismatches: {shown}")
     except BaseException:
         with torch.no_grad():
             for target, net, _, _ in plan:

@@ -14,7 +14,7 @@ from synth.conditions import ConditionSpace
 from synth.quality.errors import QualityError
 from synth.utils.io import atomic_write_text
 
-__all__ = ["MetricsConfig", "METRICS", "OUTPUTS", "run_metrics", "render_markdown", "write_outputs", "ordinal_factor",
+__all__ = ["json_safe", "MetricsConfig", "METRICS", "OUTPUTS", "run_metrics", "render_markdown", "write_outputs", "ordinal_factor",
            "resolve_kind", "judge_feature_extractor"]
 
 METRICS = ("fidelity", "progression", "fid", "memorisation", "variety")
@@ -60,12 +60,12 @@ def resolve_kind(kind: str, space: ConditionSpace) -> str:
     return "skin" if ordinal_factor(space) == "stage" else "faces"
 
 
-def _clean(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
     """JSON-safe copy: numpy scalars to Python, NaN/inf to None."""
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if isinstance(obj, (np.floating, float)):
         v = float(obj)
         return v if math.isfinite(v) else None
@@ -287,7 +287,7 @@ def run_metrics(G, space: ConditionSpace, cfg: MetricsConfig, judges: Sequence =
                                    "tell faces apart poorly, so collapse shows less there; give a --judge")
         result["variety"] = _variety(gen, gen_cells, space, imageset, int(G.img_resolution), vex, vsize, source, cfg)
         result["variety"]["features"]["judge"] = str(variety_judge) if variety_judge is not None else None
-    return _clean(result)
+    return json_safe(result)
 
 
 def judge_feature_extractor(spec: str | Path, device: str = "cpu", batch: int = 32, progress: bool = False):

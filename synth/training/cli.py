@@ -298,8 +298,6 @@ def train(ctx: click.Context, **params) -> None:
     (rows = levels of the first factor, columns = levels of the second) and snapshots
     (.ckpt, loadable without executing code); latest.json names the newest snapshot.
     """
-    import torch
-
     from synth.data.dataset import open_dataset
     from synth.networks.checkpoint import ModuleEntry, load_checkpoint
     from synth.training.training_loop import (
@@ -316,8 +314,6 @@ def train(ctx: click.Context, **params) -> None:
             parse_tie(spec)
         except ConditionError as e:
             raise click.BadParameter(str(e), param_hint="--tie") from None
-    if params["device"].startswith("cuda") and not torch.cuda.is_available():
-        raise click.UsageError(f"--device {params['device']}: CUDA is not available on this machine")
 
     if params["out"].exists() and not params["out"].is_dir():
         raise click.UsageError(f"--out {params['out']}: is a file; give a folder for the numbered run folders")
