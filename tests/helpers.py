@@ -77,6 +77,14 @@ def tiny_generator(space, seed: int = 0):
     return G.eval()
 
 
+def save_tiny_generator(path, space, seed: int = 0):
+    """An exported-generator checkpoint (``G_ema`` + space) of :func:`tiny_generator`; -> path."""
+    from synth.networks.checkpoint import save_checkpoint
+
+    save_checkpoint(path, {"G_ema": tiny_generator(space, seed), "space": space})
+    return path
+
+
 def save_judge(path, factors, class_names, seed=0, model="small_cnn_s", size=16):
     """A random-init classifier checkpoint that ``load_judges`` reads (a real judge, untrained)."""
     import torch

@@ -5,17 +5,15 @@ import csv
 import json
 from pathlib import Path
 
-import click
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
 from synth.conditions import ConditionSpace
 from synth.synthesis.counts import parse_exclusions, resolve_roles, study_counts, uniform_counts
 from synth.synthesis.errors import SynthesisError
-from tests.helpers import assert_close, tiny_generator
+from tests.helpers import assert_close, run_synthesis_cli, save_tiny_generator, tiny_generator
 from synth.synthesis.labels import (
     SeedStream,
     default_style_layers,
@@ -31,27 +29,10 @@ AGES = SPACE.factor("age").levels
 
 @pytest.fixture(scope="module")
 def gen_ckpt(tmp_path_factory):
-    from synth.networks.checkpoint import save_checkpoint
-
-    path = tmp_path_factory.mktemp("ckpt") / "g.ckpt"
-    save_checkpoint(path, {"G_ema": tiny_generator(SPACE), "space": SPACE})
-    return path
+    return save_tiny_generator(tmp_path_factory.mktemp("ckpt") / "g.ckpt", SPACE)
 
 
-def cli():
-    from synth.synthesis.cli import COMMANDS
-
-    @click.group()
-    def main():
-        pass
-
-    for c in COMMANDS:
-        main.add_command(c)
-    return main
-
-
-def run(args):
-    return CliRunner().invoke(cli(), [str(a) for a in args], catch_exceptions=False)
+run = run_synthesis_cli
 
 
 # A hand-made training count table (disease x age).

@@ -94,7 +94,8 @@ def train_judge(out: Path, threads: int) -> Path:
 def pyramid(a: np.ndarray, b: np.ndarray) -> float:
     import torch
 
-    from synth.synthesis.project import PyramidL2, _to_image
+    from synth.synthesis.project import PyramidL2
+    from synth.synthesis.projection.optimise import _to_image
 
     with torch.no_grad():
         return float(PyramidL2()(_to_image(a), _to_image(b)))
