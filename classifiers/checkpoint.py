@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from classifiers.models import ModelError, create_model
 from synth.errors import UserError
 from synth.utils.io import atomic_path, atomic_write_text
 
@@ -77,8 +78,6 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
 def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the network from metadata, load weights, return ``(model.eval(), meta)``."""
     from safetensors.torch import load_file
-
-    from classifiers.models import ModelError, create_model
 
     path = _resolve(path)
     meta = read_meta(path)

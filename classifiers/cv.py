@@ -21,24 +21,18 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from classifiers.data import (
-    AuxSpec,
-    ClassifierDataError,
-    drop_empty_classes,
-    LabelledImages,
-    Target,
-    encode_images,
-    extend_target,
-    parse_class_weight,
-    parse_target,
-)
+from classifiers import metrics, reports
+from classifiers.data import AuxSpec, Target, encode_images
+from classifiers.ensemble import predict_probs
+from classifiers.prepare import CVError, check_fold_classes, prepare_classes, prepare_target
 from classifiers.train import TrainConfig, TrainResult, train_classifier
+from synth.data.dataset import DatasetError
+from synth.data.folds import check_folds, make_folds, read_folds, write_folds
+from synth.utils.io import atomic_write_text
 
+# CVError, check_fold_classes and prepare_target live in classifiers.prepare (the data chain
+# shared with `synth classify train` and the ablation); they stay importable from here.
 __all__ = ["CVConfig", "CVResult", "CVError", "run_cv", "resolve_folds", "check_fold_classes", "prepare_target"]
-
-
-class CVError(ClassifierDataError):
-    """Folds that cannot train every class, or folds that do not fit the data."""
 
 
 @dataclass
@@ -118,9 +112,6 @@ class CVResult:
 
 def resolve_folds(imageset, folds, k: int, seed: int, stratify=None) -> np.ndarray:
     """Folds from an array, a ``folds.csv`` path, or made fresh when ``None``."""
-    from synth.data.dataset import DatasetError
-    from synth.data.folds import check_folds, make_folds, read_folds
-
     try:
         if folds is None:
             return make_folds(imageset, k=k, seed=seed, stratify=stratify)
@@ -131,37 +122,6 @@ def resolve_folds(imageset, folds, k: int, seed: int, stratify=None) -> np.ndarr
         return arr
     except DatasetError as e:
         raise CVError(str(e)) from None
-
-
-def check_fold_classes(class_names: Sequence[str], fold_targets: Mapping[int, np.ndarray], total: np.ndarray) -> None:
-    """Raise if a class has no training image for some fold (its model could never learn it)."""
-    for fold, t in sorted(fold_targets.items()):
-        counts = (t > 0).sum(0)
-        empty = [i for i, c in enumerate(counts) if c == 0]
-        if empty:
-            i = empty[0]
-            raise CVError(
-                f"class {class_names[i]!r} has no images in the training folds of fold {fold} "
-                f"({int(total[i])} image(s) in total); add images, merge the class or use fewer --folds"
-            )
-
-
-def prepare_target(imageset, target_spec, aux: Sequence[AuxSpec]) -> tuple[Target, list[tuple[Any, AuxSpec, tuple[str, ...]]]]:
-    """The target over ``imageset``'s space, extended by auxiliary sets' classes."""
-    from synth.data.dataset import DatasetError, open_dataset
-
-    target = target_spec if isinstance(target_spec, Target) else parse_target(target_spec, imageset.space)
-    opened = []
-    for a in aux:
-        try:
-            ds = open_dataset(a.path)
-        except DatasetError as e:
-            raise ClassifierDataError(f"--aux: {e}") from None
-        factors = a.resolve_factors(ds.space, target)
-        names = ["|".join(c) for c in ds.space.cells(factors)]
-        target = extend_target(target, names)
-        opened.append((ds, a, factors))
-    return target, opened
 
 
 def _per_fold_extra(extra_train, k: int):
@@ -220,10 +180,6 @@ def run_cv(
     ``before_write`` is called once every check has passed, just before the first write (the
     CLI prepares ``out_dir`` there, so a run that fails its checks leaves nothing behind).
     """
-    from classifiers import metrics
-    from synth.data.folds import write_folds
-    from synth.utils.io import atomic_write_text
-
     tc = config.train
     fold_arr = resolve_folds(imageset, folds, config.k, config.fold_seed, config.stratify)
     k = int(fold_arr.max()) + 1
@@ -240,32 +196,14 @@ def run_cv(
     extra_by_fold = _per_fold_extra(extra_train, k)
     extra_sets = {id(ds): ds for ds in extra_by_fold.values() if ds is not None and len(ds)}
     extra_enc = {key: encode_images(ds, target, tc.size, config.extra_weight, target.factors, source="extra") for key, ds in extra_sets.items()}
-    if config.drop_empty:
-        keys = list(extra_enc)
-        target, parts = drop_empty_classes(target, [own, *aux_data, *extra_enc.values()])
-        own, aux_data = parts[0], parts[1 : 1 + len(aux_data)]
-        extra_enc = dict(zip(keys, parts[1 + len(aux_data) :]))
-        if target.num_classes < 2:
-            raise CVError(f"--target {','.join(target.factors)}: the images carry only {target.num_classes} class; need at least 2")
-
-    def extra_for(f: int) -> LabelledImages | None:
-        ds = extra_by_fold[f]
-        return None if ds is None or len(ds) == 0 else extra_enc[id(ds)]
-
-    # Every class must be trainable in every fold: check all folds before training any.
-    fold_train: dict[int, LabelledImages] = {}
-    for f in range(k):
-        parts = [own.take(np.flatnonzero(fold_arr != f)), *aux_data, extra_for(f)]
-        fold_train[f] = LabelledImages.concat(parts)
-    total = own.targets.sum(0) + sum((a.targets.sum(0) for a in aux_data), np.zeros(target.num_classes))
-    check_fold_classes(target.class_names, {f: d.targets for f, d in fold_train.items()}, total)
-
-    class_weight_global = None
-    if tc.class_weight == "auto":
-        # Same weights for every fold, from all training data, so folds stay comparable.
-        class_weight_global = parse_class_weight("auto", target.class_names, np.concatenate([own.targets] + [a.targets for a in aux_data]))
-    elif tc.class_weight is not None:
-        parse_class_weight(tc.class_weight, target.class_names, own.targets)  # a bad NAME=W fails before any write
+    # Every class must be trainable in every fold: all folds are checked before any trains.
+    # "auto" class weights are the same for every fold (from all own and auxiliary images), so
+    # folds stay comparable; a bad NAME=W fails here, before any write.
+    data = prepare_classes(
+        target, own, aux=aux_data, folds=fold_arr, class_weight=tc.class_weight, drop_empty=config.drop_empty,
+        extra={f: None if ds is None or len(ds) == 0 else extra_enc[id(ds)] for f, ds in extra_by_fold.items()},
+    )
+    target, own = data.target, data.own
 
     out = Path(out_dir) if out_dir is not None else None
     if before_write is not None:
@@ -284,19 +222,17 @@ def run_cv(
         val = own.take(val_idx)
         fcfg = dataclasses.replace(tc, seed=tc.seed + f if config.seed_per_fold else tc.seed)
         res: TrainResult = train_classifier(
-            fold_train[f],
+            data.train_images(f),
             val,
             target,
             fcfg,
             out_dir=None if out is None else out / f"fold{f}",
-            class_weight=class_weight_global,
+            class_weight=data.class_weight,
             meta_extra={"condition_space": imageset.space.to_dict(), "fold": f, "k": k},
             desc=f"fold {f + 1}/{k}",
         )
         probs = res.val_probs
         if config.tta != "none" or probs is None:
-            from classifiers.ensemble import predict_probs
-
             norm = res.meta["normalisation"]
             device = next(res.model.parameters()).device
             probs = predict_probs(res.model, val.images, norm["mean"], norm["std"], tc.eval_batch, device, config.tta)
@@ -314,7 +250,7 @@ def run_cv(
         if keep_models:
             models.append(res.model)
         if out is not None:
-            metrics.write_report(out / f"fold{f}", m, target.class_names)
+            reports.write_report(out / f"fold{f}", m, target.class_names)
 
     summary = metrics.summarize_folds(fold_metrics)
     oof_metrics = metrics.evaluate(
@@ -327,7 +263,7 @@ def run_cv(
     if out is not None:
         subjects = [r.subject for r in imageset.records]
         atomic_write_text(out / "oof_predictions.csv", _oof_rows(result, subjects, cell_factors))
-        metrics.write_summary(out, summary)
-        metrics.write_report(out, oof_metrics, target.class_names, prefix="oof_")
+        reports.write_summary(out, summary)
+        reports.write_report(out, oof_metrics, target.class_names, prefix="oof_")
         atomic_write_text(out / "cv_result.json", json.dumps(result.to_dict(), indent=2) + "\n")
     return result

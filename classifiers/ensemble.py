@@ -13,6 +13,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from classifiers.checkpoint import ClassifierCheckpointError, find_checkpoints, load_classifier
+
 __all__ = ["TTA_MODES", "normalise", "predict_probs", "gated_average", "GatedResult", "Ensemble"]
 
 TTA_MODES = ("none", "flip", "dihedral")
@@ -117,8 +119,6 @@ class Ensemble:
 
     @classmethod
     def load(cls, paths, device: str | torch.device = "cpu") -> "Ensemble":
-        from classifiers.checkpoint import ClassifierCheckpointError, find_checkpoints, load_classifier
-
         files = find_checkpoints(paths)
         loaded = [load_classifier(p, device) for p in files]
         try:

@@ -1,7 +1,9 @@
-"""Classifier metrics, fold summaries, bootstrap intervals and paired statistics.
+"""Classifier metrics: scores of class probabilities against targets, and fold summaries.
 
-Everything here is plain numpy / scipy / scikit-learn so it can run on saved predictions
-without torch.
+Everything here is plain numpy / scikit-learn so it can run on saved predictions without
+torch.  Bootstrap intervals and paired statistics live in :mod:`classifiers.stats`, the
+report files (CSV, JSON, confusion-matrix PNG) in :mod:`classifiers.reports`; their names
+stay importable from here.
 
 Conventions
 -----------
@@ -16,17 +18,13 @@ Conventions
 """
 from __future__ import annotations
 
-import csv
-import io
-import json
+import importlib
 import math
-from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from synth.errors import UserError
-from synth.utils.io import atomic_save, atomic_write_text
 
 __all__ = [
     "MetricsError",
@@ -37,6 +35,23 @@ __all__ = [
     "write_report",
     "write_summary",
 ]
+
+# Names that moved out of this module; still importable from here (resolved on first use, so
+# classifiers.stats and classifiers.reports, which import MetricsError, make no import cycle).
+_MOVED = {
+    "BootstrapCI": "classifiers.stats",
+    "bootstrap_ci": "classifiers.stats",
+    "csv_text": "classifiers.reports",
+    "plot_confusion_matrix": "classifiers.reports",
+    "write_report": "classifiers.reports",
+    "write_summary": "classifiers.reports",
+}
+
+
+def __getattr__(name: str):
+    if name in _MOVED:
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class MetricsError(UserError):
@@ -292,205 +307,3 @@ def summarize_folds(results: Sequence[dict]) -> dict:
         out["cell_names"] = results[0].get("cell_names")
         out["per_cell"] = cells
     return out
-
-
-# --------------------------------------------------------------------------------------
-# bootstrap
-# --------------------------------------------------------------------------------------
-class BootstrapCI(NamedTuple):
-    estimate: float
-    low: float
-    high: float
-
-
-def _accuracy(y: np.ndarray, pred: np.ndarray) -> float:
-    return float(np.mean(y == pred))
-
-
-def _balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
-    # mean recall over the classes present in this (re)sample
-    classes = np.unique(y)
-    return float(np.mean([np.mean(pred[y == c] == c) for c in classes]))
-
-
-_NAMED_METRICS = {"accuracy": _accuracy, "balanced_accuracy": _balanced_accuracy}
-
-
-def bootstrap_ci(
-    targets,
-    preds_or_probs,
-    metric: str | Callable[[np.ndarray, np.ndarray], float] = "accuracy",
-    n_boot: int = 1000,
-    alpha: float = 0.05,
-    seed: int = 0,
-    groups: Sequence | None = None,
-) -> BootstrapCI:
-    """Percentile bootstrap confidence interval of a metric.
-
-    ``targets``: ``[N]`` class indices or ``[N, K]`` soft targets (arg-max).
-    ``preds_or_probs``: ``[N]`` predicted classes or ``[N, K]`` probabilities.  Named
-    metrics (``"accuracy"``, ``"balanced_accuracy"``) use hard predictions; a callable
-    receives ``(targets, preds_or_probs)`` of the resample exactly as given (after soft
-    targets are turned into indices) and returns a float.
-    ``groups``: optional per-sample subject ids; whole groups are resampled so that images
-    of one subject stay together.  Resamples whose metric is NaN are skipped.
-
-    Returns ``BootstrapCI(estimate, low, high)``; the estimate is the metric on all data.
-    """
-    if not 0 < alpha < 1:
-        raise MetricsError(f"alpha must be in (0, 1), got {alpha}")
-    if n_boot < 1:
-        raise MetricsError(f"n_boot must be positive, got {n_boot}")
-    x = np.asarray(preds_or_probs)
-    n = x.shape[0] if x.ndim else 0
-    if n == 0:
-        raise MetricsError("bootstrap_ci needs at least one prediction")
-    t = np.asarray(targets)
-    if t.ndim == 2:
-        t = np.argmax(t, axis=1)
-    if t.shape[0] != n:
-        raise MetricsError(f"targets has {t.shape[0]} entries but there are {n} predictions")
-
-    if callable(metric):
-        fn = metric
-        data = x
-    else:
-        if metric not in _NAMED_METRICS:
-            raise MetricsError(f"unknown metric {metric!r} (choose accuracy, balanced_accuracy or pass a callable)")
-        fn = _NAMED_METRICS[metric]
-        data = np.argmax(x, axis=1) if x.ndim == 2 else x
-
-    rng = np.random.default_rng(seed)
-    if groups is not None:
-        g = np.asarray(groups)
-        if g.shape[0] != n:
-            raise MetricsError(f"groups has {g.shape[0]} entries but there are {n} predictions")
-        uniq, inverse = np.unique(g, return_inverse=True)
-        members = [np.flatnonzero(inverse == i) for i in range(len(uniq))]
-    estimate = float(fn(t, data))
-    values = np.empty(n_boot, dtype=np.float64)
-    for b in range(n_boot):
-        if groups is None:
-            idx = rng.integers(0, n, size=n)
-        else:
-            pick = rng.integers(0, len(members), size=len(members))
-            idx = np.concatenate([members[i] for i in pick])
-        values[b] = fn(t[idx], data[idx])
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        raise MetricsError("the metric was undefined on every bootstrap resample")
-    low, high = np.percentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return BootstrapCI(estimate, float(low), float(high))
-
-
-# --------------------------------------------------------------------------------------
-# reports
-# --------------------------------------------------------------------------------------
-def csv_text(header: Sequence[str], rows: Sequence[Sequence]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    for row in rows:
-        w.writerow(["" if v is None else (f"{v:.6g}" if isinstance(v, float) else v) for v in row])
-    return buf.getvalue()
-
-
-def plot_confusion_matrix(path: str | Path, cm, class_names: Sequence[str], title: str | None = None) -> None:
-    """Write an annotated confusion-matrix PNG (rows true, columns predicted), atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cm = np.asarray(cm)
-    k = len(class_names)
-    side = max(3.5, 0.7 * k + 2.0)
-    fig, ax = plt.subplots(figsize=(side, side))
-    try:
-        ax.imshow(cm, cmap="Blues", vmin=0, vmax=max(int(cm.max()), 1))
-        thresh = cm.max() / 2.0 if cm.max() > 0 else 1
-        for i in range(k):
-            for j in range(k):
-                ax.text(j, i, str(int(cm[i, j])), ha="center", va="center",
-                        color="white" if cm[i, j] > thresh else "black")
-        ax.set_xticks(range(k), labels=list(class_names), rotation=45, ha="right")
-        ax.set_yticks(range(k), labels=list(class_names))
-        ax.set_xlabel("Predicted class")
-        ax.set_ylabel("True class")
-        if title:
-            ax.set_title(title)
-        fig.tight_layout()
-        atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    finally:
-        plt.close(fig)
-
-
-def write_report(out_dir: str | Path, result: dict, class_names: Sequence[str] | None = None,
-                 prefix: str = "") -> dict[str, Path]:
-    """Write one :func:`evaluate` result as files in ``out_dir`` (each written atomically).
-
-    Files (each name prefixed by ``prefix``): ``metrics.json`` (the whole result),
-    ``per_class.csv``, ``confusion_matrix.csv``, ``confusion_matrix.png`` and, when the
-    result has a per-cell table, ``per_cell.csv``.  Returns ``{kind: path}``.
-    """
-    class_names = list(class_names if class_names is not None else result.get("class_names", []))
-    if "per_class" not in result or "confusion_matrix" not in result:
-        raise MetricsError("write_report needs a result from evaluate() (per_class and confusion_matrix missing)")
-    if sorted(class_names) != sorted(result["per_class"].keys()):
-        raise MetricsError("class_names do not match the classes in the result")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "metrics": out / f"{prefix}metrics.json",
-        "per_class": out / f"{prefix}per_class.csv",
-        "confusion_csv": out / f"{prefix}confusion_matrix.csv",
-        "confusion_png": out / f"{prefix}confusion_matrix.png",
-    }
-    atomic_write_text(paths["metrics"], json.dumps(result, indent=2) + "\n")
-    fields = ["support", "sensitivity", "specificity", "precision", "f1", "auc"]
-    atomic_write_text(
-        paths["per_class"],
-        csv_text(["class"] + fields, [[c] + [result["per_class"][c].get(f) for f in fields] for c in class_names]),
-    )
-    cm = result["confusion_matrix"]
-    atomic_write_text(
-        paths["confusion_csv"],
-        csv_text(["true\\predicted"] + class_names, [[c] + list(row) for c, row in zip(class_names, cm)]),
-    )
-    plot_confusion_matrix(paths["confusion_png"], cm, class_names)
-    if "per_cell" in result:
-        paths["per_cell"] = out / f"{prefix}per_cell.csv"
-        header = list(result.get("cell_names") or []) + ["n", "correct", "accuracy"]
-        rows = [list(r["cell"]) + [r["n"], r["correct"], r["accuracy"]] for r in result["per_cell"]]
-        atomic_write_text(paths["per_cell"], csv_text(header, rows))
-    return paths
-
-
-def write_summary(out_dir: str | Path, summary: dict, prefix: str = "") -> dict[str, Path]:
-    """Write a :func:`summarize_folds` result: ``summary.json``, ``summary.csv`` (metric,
-    mean, sd, n), ``per_class_summary.csv`` and, if present, ``per_cell_summary.csv`` and
-    the summed ``confusion_matrix.png``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"summary": out / f"{prefix}summary.json", "scalars": out / f"{prefix}summary.csv",
-             "per_class": out / f"{prefix}per_class_summary.csv"}
-    atomic_write_text(paths["summary"], json.dumps(summary, indent=2) + "\n")
-    atomic_write_text(paths["scalars"], csv_text(
-        ["metric", "mean", "sd", "n"],
-        [[k, v["mean"], v["sd"], v["n"]] for k, v in summary["metrics"].items()]))
-    rows = []
-    for cname, metrics in summary["per_class"].items():
-        for m, v in metrics.items():
-            rows.append([cname, m, v["mean"], v["sd"], v["n"]])
-    atomic_write_text(paths["per_class"], csv_text(["class", "metric", "mean", "sd", "n"], rows))
-    if "per_cell" in summary:
-        paths["per_cell"] = out / f"{prefix}per_cell_summary.csv"
-        header = list(summary.get("cell_names") or []) + ["n", "accuracy_mean", "accuracy_sd", "folds"]
-        rows = [list(r["cell"]) + [r["n"], r["accuracy"]["mean"], r["accuracy"]["sd"], r["accuracy"]["n"]]
-                for r in summary["per_cell"]]
-        atomic_write_text(paths["per_cell"], csv_text(header, rows))
-    if "confusion_matrix" in summary and summary.get("class_names"):
-        paths["confusion_png"] = out / f"{prefix}confusion_matrix.png"
-        plot_confusion_matrix(paths["confusion_png"], summary["confusion_matrix"], summary["class_names"],
-                              title=f"Summed over {summary['n_folds']} folds")
-    return paths

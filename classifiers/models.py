@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from synth.errors import UserError
+from synth.utils.weights import WeightsFileError, read_state_dict
 
 __all__ = [
     "ModelError",
@@ -120,8 +121,6 @@ def resolve_pretrained(name: str, pretrained: bool | str | os.PathLike | None) -
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a state dict without executing code (safetensors, or torch with weights_only)."""
-    from synth.utils.weights import WeightsFileError, read_state_dict
-
     try:
         return read_state_dict(path)
     except WeightsFileError as e:

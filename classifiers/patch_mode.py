@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from classifiers.data import LabelledImages, Target, encode_targets
+from classifiers.patches import PatchError, majority_vote, split_patches
 
 __all__ = ["PatchSet", "patch_set", "diagnose_images"]
 
@@ -27,8 +28,6 @@ class PatchSet:
 def patch_set(imageset, target: Target, patch: int, weight: float = 1.0, resolution: int | None = None) -> PatchSet:
     """All patches of ``imageset`` (native size, or square-resized to ``resolution``)."""
     from PIL import Image
-
-    from classifiers.patches import PatchError, split_patches
 
     targets = encode_targets(imageset, target)
     chunks, owner, grids, files = [], [], [], []
@@ -53,8 +52,6 @@ def patch_set(imageset, target: Target, patch: int, weight: float = 1.0, resolut
 
 def diagnose_images(patch_probs: np.ndarray, owner: np.ndarray, n_images: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Majority vote per image -> (class [N], vote fraction [N], mean patch probs [N, K])."""
-    from classifiers.patches import majority_vote
-
     k = patch_probs.shape[1]
     cls = np.zeros(n_images, np.int64)
     frac = np.zeros(n_images)

@@ -10,6 +10,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from classifiers.attribution import _to_uint8_images
 from synth.errors import UserError
 from synth.utils.io import atomic_save
 
@@ -269,8 +270,6 @@ def probability_map_png(path: str | Path, probs_for_class, image=None, class_nam
     fig, ax = plt.subplots(figsize=(6.5, 5.0))
     try:
         if image is not None:
-            from .attribution import _to_uint8_images
-
             if isinstance(image, torch.Tensor):
                 arr = _to_uint8_images(image[None])[0]
             else:

@@ -1,5 +1,6 @@
-"""Paired statistics for comparing two training recipes on the same folds or test images
-(the ablation's gains): paired t intervals, the corrected resampled t-test for cross-validated
+"""Statistics of classifier scores: percentile bootstrap intervals of a metric, and paired
+statistics for comparing two training recipes on the same folds or test images (the
+ablation's gains): paired t intervals, the corrected resampled t-test for cross-validated
 differences (Nadeau and Bengio) and McNemar's test on the same test images.
 
 One place for them: ``synth ablate`` and the classifier tools read them from here.
@@ -7,16 +8,116 @@ One place for them: ``synth ablate`` and the classifier tools read them from her
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 from scipy import stats
 
 from classifiers.metrics import MetricsError
 
-__all__ = ["PairedResult", "paired_difference", "corrected_resampled_ttest", "McNemarResult", "mcnemar"]
+__all__ = [
+    "BootstrapCI",
+    "bootstrap_ci",
+    "PairedResult",
+    "paired_difference",
+    "corrected_resampled_ttest",
+    "McNemarResult",
+    "mcnemar",
+]
 
 
+# --------------------------------------------------------------------------------------
+# bootstrap
+# --------------------------------------------------------------------------------------
+class BootstrapCI(NamedTuple):
+    estimate: float
+    low: float
+    high: float
+
+
+def _accuracy(y: np.ndarray, pred: np.ndarray) -> float:
+    return float(np.mean(y == pred))
+
+
+def _balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
+    # mean recall over the classes present in this (re)sample
+    classes = np.unique(y)
+    return float(np.mean([np.mean(pred[y == c] == c) for c in classes]))
+
+
+_NAMED_METRICS = {"accuracy": _accuracy, "balanced_accuracy": _balanced_accuracy}
+
+
+def bootstrap_ci(
+    targets,
+    preds_or_probs,
+    metric: str | Callable[[np.ndarray, np.ndarray], float] = "accuracy",
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+    groups: Sequence | None = None,
+) -> BootstrapCI:
+    """Percentile bootstrap confidence interval of a metric.
+
+    ``targets``: ``[N]`` class indices or ``[N, K]`` soft targets (arg-max).
+    ``preds_or_probs``: ``[N]`` predicted classes or ``[N, K]`` probabilities.  Named
+    metrics (``"accuracy"``, ``"balanced_accuracy"``) use hard predictions; a callable
+    receives ``(targets, preds_or_probs)`` of the resample exactly as given (after soft
+    targets are turned into indices) and returns a float.
+    ``groups``: optional per-sample subject ids; whole groups are resampled so that images
+    of one subject stay together.  Resamples whose metric is NaN are skipped.
+
+    Returns ``BootstrapCI(estimate, low, high)``; the estimate is the metric on all data.
+    """
+    if not 0 < alpha < 1:
+        raise MetricsError(f"alpha must be in (0, 1), got {alpha}")
+    if n_boot < 1:
+        raise MetricsError(f"n_boot must be positive, got {n_boot}")
+    x = np.asarray(preds_or_probs)
+    n = x.shape[0] if x.ndim else 0
+    if n == 0:
+        raise MetricsError("bootstrap_ci needs at least one prediction")
+    t = np.asarray(targets)
+    if t.ndim == 2:
+        t = np.argmax(t, axis=1)
+    if t.shape[0] != n:
+        raise MetricsError(f"targets has {t.shape[0]} entries but there are {n} predictions")
+
+    if callable(metric):
+        fn = metric
+        data = x
+    else:
+        if metric not in _NAMED_METRICS:
+            raise MetricsError(f"unknown metric {metric!r} (choose accuracy, balanced_accuracy or pass a callable)")
+        fn = _NAMED_METRICS[metric]
+        data = np.argmax(x, axis=1) if x.ndim == 2 else x
+
+    rng = np.random.default_rng(seed)
+    if groups is not None:
+        g = np.asarray(groups)
+        if g.shape[0] != n:
+            raise MetricsError(f"groups has {g.shape[0]} entries but there are {n} predictions")
+        uniq, inverse = np.unique(g, return_inverse=True)
+        members = [np.flatnonzero(inverse == i) for i in range(len(uniq))]
+    estimate = float(fn(t, data))
+    values = np.empty(n_boot, dtype=np.float64)
+    for b in range(n_boot):
+        if groups is None:
+            idx = rng.integers(0, n, size=n)
+        else:
+            pick = rng.integers(0, len(members), size=len(members))
+            idx = np.concatenate([members[i] for i in pick])
+        values[b] = fn(t[idx], data[idx])
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        raise MetricsError("the metric was undefined on every bootstrap resample")
+    low, high = np.percentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return BootstrapCI(estimate, float(low), float(high))
+
+
+# --------------------------------------------------------------------------------------
+# paired statistics
+# --------------------------------------------------------------------------------------
 class PairedResult(NamedTuple):
     mean: float         # mean of a - b
     sd: float           # sample SD of the differences (ddof=1)

@@ -19,10 +19,20 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from classifiers.data import AugConfig, AugmentedDataset, ClassifierDataError, LabelledImages, Target, build_augment
+from classifiers.checkpoint import save_classifier
+from classifiers.data import (
+    AugConfig,
+    AugmentedDataset,
+    ClassifierDataError,
+    LabelledImages,
+    Target,
+    build_augment,
+    parse_class_weight,
+)
 from classifiers.ensemble import normalise, predict_probs
 from classifiers.losses import soft_cross_entropy
 from classifiers.models import create_model, model_normalisation, resolve_pretrained
+from synth.utils.io import atomic_write_text
 
 __all__ = ["TrainConfig", "TrainResult", "Trainer", "train_classifier", "seed_everything", "resolve_device", "basic_scores"]
 
@@ -187,8 +197,6 @@ class Trainer:
 
 
 def _write_log(path: Path, history: list[dict]) -> None:
-    from synth.utils.io import atomic_write_text
-
     atomic_write_text(path, "".join(json.dumps(h) + "\n" for h in history))
 
 
@@ -210,9 +218,6 @@ def train_classifier(
     ``log.jsonl`` after every epoch.
     """
     from tqdm.auto import tqdm
-
-    from classifiers.checkpoint import save_classifier
-    from classifiers.data import parse_class_weight
 
     if len(train) == 0:
         raise ClassifierDataError("no training images")

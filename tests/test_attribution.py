@@ -7,15 +7,17 @@ from torch import nn
 
 from classifiers.attribution import (
     AttributionError,
-    backbone_embedder,
     composite_grid_png,
     composite_maps,
     integrated_gradients,
     occlusion_saliency,
+    save_overlays,
+)
+from classifiers.permutation import (
+    backbone_embedder,
     permutation_test,
     permutation_test_matrix,
     random_projection_embedder,
-    save_overlays,
     write_permutation_outputs,
 )
 

@@ -6,15 +6,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from classifiers.metrics import (
-    MetricsError,
-    bootstrap_ci,
-    evaluate,
-    summarize_folds,
-    write_report,
-    write_summary,
-)
-from classifiers.stats import corrected_resampled_ttest, mcnemar, paired_difference
+from classifiers.metrics import MetricsError, evaluate, summarize_folds
+from classifiers.reports import write_report, write_summary
+from classifiers.stats import bootstrap_ci, corrected_resampled_ttest, mcnemar, paired_difference
 
 CLASSES = ["A", "B", "C"]
 # 3 classes x 3 samples.  Arg-max predictions: [A, A, A, B, B, C, C, A, B]
