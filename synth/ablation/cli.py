@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import click
 
@@ -272,7 +273,7 @@ def _hand_out(ctx: click.Context, p: dict) -> None:
     try:
         slurm = (SlurmSettings.from_yaml(p["slurm_config"], **override) if p["slurm_config"] is not None
                  else SlurmSettings(**{k: v for k, v in override.items() if v is not None}))
-        jobs = submit(args, p["workers"], p["executor"], p["out"], slurm, log=click.echo)
+        jobs = submit(run_worker, args, p["workers"], p["executor"], p["out"], slurm, log=click.echo)
     except UserError as e:
         raise click.ClickException(message(e)) from None
     report = f"synth ablate --report-only --out {p['out'].resolve()}"
@@ -291,3 +292,16 @@ def _hand_out(ctx: click.Context, p: dict) -> None:
     except UserError as e:
         raise click.ClickException(message(e)) from None
     _summary(result)
+
+
+def run_worker(args: Sequence[str]) -> int:
+    """One worker, in this process: what each job submitted by ``--executor`` runs (submitit pickles
+    this function by name, so it lives at module level beside the command it calls)."""
+    try:
+        ablate.main(args=list(args), prog_name="synth ablate", standalone_mode=False)
+    except click.ClickException as e:  # one line in the job's log, and its exit status
+        e.show()
+        return e.exit_code
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0

@@ -17,11 +17,11 @@ import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from synth.ablation.plan import AblationError
 
-__all__ = ["worker_args", "emit_commands", "SlurmSettings", "submit", "run_worker"]
+__all__ = ["worker_args", "emit_commands", "SlurmSettings", "submit"]
 
 # Options that steer the submission itself and never reach a worker.
 CLUSTER_OPTIONS = ("executor", "emit_commands", "workers", "status", "slurm_partition", "slurm_gpus", "slurm_cpus",
@@ -98,25 +98,10 @@ class SlurmSettings:
         return cls(**{**data, **{k: v for k, v in override.items() if v is not None}})
 
 
-def run_worker(args: Sequence[str]) -> int:
-    """One worker, in this process (what each submitted job runs)."""
-    import click
-
-    from synth.ablation.cli import ablate
-
-    try:
-        ablate.main(args=list(args), prog_name="synth ablate", standalone_mode=False)
-    except click.ClickException as e:  # one line in the job's log, and its exit status
-        e.show()
-        return e.exit_code
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
-
-
-def submit(args: Sequence[str], workers: int, executor: str, out: Path, slurm: SlurmSettings | None = None,
-           log=print) -> list[Any]:
-    """Submit ``workers`` jobs running :func:`run_worker` (a SLURM array, or local processes);
+def submit(worker: Callable[[Sequence[str]], int], args: Sequence[str], workers: int, executor: str, out: Path,
+           slurm: SlurmSettings | None = None, log=print) -> list[Any]:
+    """Submit ``workers`` jobs running ``worker(args)`` (``synth.ablation.cli.run_worker``: a SLURM array, or
+    local processes; the worker is passed in, so this module never imports the command it runs);
     returns the submitit jobs. Job logs go to ``OUT/jobs/``."""
     try:
         import submitit
@@ -135,7 +120,7 @@ def submit(args: Sequence[str], workers: int, executor: str, out: Path, slurm: S
         if s.account:
             params["slurm_account"] = s.account
     ex.update_parameters(**params)
-    jobs = ex.map_array(run_worker, [list(args)] * workers)
+    jobs = ex.map_array(worker, [list(args)] * workers)
     for job in jobs:
         log(f"job {job.job_id}: log {job.paths.stdout}")
     return jobs
