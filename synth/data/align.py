@@ -11,6 +11,12 @@ Coordinates: landmarks and eye positions use pixel-index coordinates (pixel ``i`
 ``[i, i+1]``), so the crop square is built from ``landmarks + 0.5``.
 
 Command line: ``synth data align IN_DIR OUT_DIR``.
+
+Why one file (about 640 lines): it is the single recipe behind ``synth data align``, laid
+out in the order the command runs it: landmarks, the FFHQ crop geometry, crop and pad, the
+folder run (report and label files), the command.  The folder half is the only caller of
+the image half and shares its constants (report columns, statuses, the landmark model), so
+split in two, each half would be read with the other one open.
 """
 from __future__ import annotations
 

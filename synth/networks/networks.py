@@ -17,6 +17,13 @@ factor's tie matrix before the embedding, so the tied level's embedding is exact
 its sources' and its own weight column never receives a gradient (it is initialised to 0).
 Soft label vectors simply mix the embeddings.  The discriminator's projection mapping uses
 the same scheme with its own weights (``D.mapping.embed.<factor>``).
+
+Why one file (about 830 lines): like NVlabs' networks.py, every layer is a few readable
+lines, and G and D are read together: D's projection mapping is G's :class:`MappingNetwork`
+(with its :class:`FactoredEmbedding`), and both keep the official parameter names the
+importer relies on.  What is not architecture lives elsewhere: the low-level ops
+(equalized-lr layers, bias_act, FIR filtering, modulated convolution) in :mod:`.layers`,
+checkpoint files in :mod:`.checkpoint`, the official-pickle importer in :mod:`.legacy`.
 """
 from __future__ import annotations
 

@@ -7,6 +7,16 @@ accumulators, pl_mean, image/tick/minibatch counters and all RNG states), so a r
 continues exactly where the snapshot was taken: same kimg count, same p, same optimiser
 moments.  Snapshots and the ``latest.json`` pointer are written atomically; a non-finite loss
 stops training before anything bad is written.
+
+Why one file (about 800 lines): :class:`Trainer` is one object whose methods all read and
+write the same live state (networks, optimisers, augment pipe, image/tick counters, RNG
+streams).  :meth:`Trainer.state_dict` and :meth:`Trainer.load_state` must name exactly the
+fields that the ``_setup_*`` methods create and :meth:`Trainer.step` and :meth:`Trainer.train`
+advance; having them side by side is how a forgotten field (and a resume that is not
+exact) gets noticed.  Like NVlabs' training_loop.py, the loop stays in one place; the parts
+that stand alone live next to it: options (:mod:`.options`), losses (:mod:`.loss`,
+:mod:`.criteria`), augmentation (:mod:`.augment`), grids (:mod:`.grids`), statistics
+(:mod:`.stats`) and the judges that score G_ema (:mod:`.monitor`).
 """
 from __future__ import annotations
 
@@ -153,7 +163,8 @@ class Trainer:
             raise TrainingError(f"--batch {self.opts.batch} must be divisible by the {self.world} processes")
 
     def _setup_data(self, imageset) -> None:
-        from synth.data.dataset import ImageSet, Record, TorchImageDataset, balanced_weights, open_dataset
+        from synth.data.dataset import ImageSet, Record, open_dataset
+        from synth.data.torch_dataset import TorchImageDataset, balanced_weights
 
         o = self.opts
         if imageset is None:
