@@ -141,7 +141,12 @@ def _validation_split(imageset, v: ValidationArgs):
         folds = resolve_folds(imageset, v.folds_csv, v.k, v.fold_seed)
         if not 0 <= v.val_fold <= folds.max():
             raise click.UsageError(f"--val-fold {v.val_fold}: folds are 0..{folds.max()}")
-        return imageset.subset(np.flatnonzero(folds != v.val_fold)), imageset.subset(np.flatnonzero(folds == v.val_fold))
+        train, val = np.flatnonzero(folds != v.val_fold), np.flatnonzero(folds == v.val_fold)
+        if len(train) == 0 or len(val) == 0:
+            where = f"--folds-csv {v.folds_csv}" if v.folds_csv is not None else "the folds"
+            raise click.UsageError(f"--val-fold {v.val_fold}: {where} leave no {'training' if len(train) == 0 else 'validation'} "
+                                   "images; use a fold that holds some images but not all")
+        return imageset.subset(train), imageset.subset(val)
     return imageset, None
 
 

@@ -203,3 +203,16 @@ def test_cpu_defaults_warn_once_with_the_cpu_recipe(runner, ds, tmp_path):
     for extra in (["--model", "small_cnn"], ["--size", "32"], ["--epochs", "2"]):
         r = invoke(runner, ["train", "--data", ds, "--out", out, "--device", "cpu", "--no-progress", *extra])
         assert r.exit_code == 1 and "warning:" not in r.output
+
+
+def test_val_fold_without_images_is_one_line(runner, ds, tmp_path):
+    import csv as _csv
+
+    files = [r["file"] for r in _csv.DictReader((ds / "labels.csv").open())]
+    folds = tmp_path / "folds.csv"
+    # every image in fold 0 or 2: fold 1 holds nothing, fold 0 everything of one half
+    folds.write_text("file,fold\n" + "".join(f"{f},{0 if i % 2 else 2}\n" for i, f in enumerate(files)))
+    r = invoke(runner, ["train", "--data", ds, "--folds-csv", folds, "--val-fold", "1", "--out", tmp_path / "o", *FAST])
+    line = one_line_error(r)
+    assert r.exit_code == 2 and "--val-fold 1" in line and "no validation images" in line, line
+    assert not (tmp_path / "o").exists()
