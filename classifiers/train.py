@@ -210,8 +210,12 @@ def train_classifier(
     meta_extra: dict[str, Any] | None = None,
     desc: str = "train",
     on_epoch: Callable[[dict], None] | None = None,
+    epoch_size: int | None = None,
 ) -> TrainResult:
     """Train one model on ``train``; choose the best epoch on ``val`` (last epoch without it).
+
+    ``epoch_size``: images per epoch, drawn afresh each epoch without replacement (all of
+    ``train`` when None), so runs on sets of different sizes can take the same steps.
 
     ``class_weight`` overrides ``config.class_weight`` (already resolved to [K]).  With
     ``out_dir``, writes ``model.safetensors`` (+ ``.json``) at each new best and
@@ -232,10 +236,15 @@ def train_classifier(
     seed_everything(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     ds = AugmentedDataset(train, build_augment(config.aug, config.size))
+    if epoch_size is not None and not 1 <= epoch_size <= len(train):
+        raise ClassifierDataError(f"epoch size {epoch_size}: must be between 1 and the {len(train)} training images")
+    n_epoch = len(train) if epoch_size is None else int(epoch_size)
     # BatchNorm cannot train on a batch of one: drop the ragged tail when there is one.
-    drop_last = len(train) > config.batch and len(train) % config.batch == 1
+    drop_last = n_epoch > config.batch and n_epoch % config.batch == 1
+    sampler = None if epoch_size is None else torch.utils.data.RandomSampler(ds, num_samples=n_epoch, generator=gen)
     loader = torch.utils.data.DataLoader(
-        ds, batch_size=config.batch, shuffle=True, generator=gen, num_workers=config.num_workers, drop_last=drop_last
+        ds, batch_size=config.batch, shuffle=sampler is None, sampler=sampler, generator=gen,
+        num_workers=config.num_workers, drop_last=drop_last,
     )
     steps_per_epoch = len(loader)
     trainer = Trainer(config, k, class_weight, config.epochs * steps_per_epoch, int(round(config.warmup * steps_per_epoch)))
@@ -252,6 +261,7 @@ def train_classifier(
         "config": config.to_dict(),
         "class_weight": None if class_weight is None else [float(x) for x in class_weight],
         "n_train": len(train),
+        "epoch_size": n_epoch,
         "n_val": 0 if val is None else len(val),
     }
     meta.update(meta_extra or {})

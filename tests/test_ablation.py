@@ -77,7 +77,8 @@ class Recorder:
         if self.fail_after is not None and len(self.calls) >= self.fail_after:
             raise KeyboardInterrupt  # what a killed run looks like to the caller
         self.calls.append({"train_files": list(train.files), "source": list(train.source),
-                           "val_files": list(val.files) if val is not None else [], "desc": kw.get("desc"), "seed": cfg.seed})
+                           "val_files": list(val.files) if val is not None else [], "desc": kw.get("desc"), "seed": cfg.seed,
+                           "epoch_size": kw.get("epoch_size")})
         return self.real(train, val, target, cfg, **kw)
 
 
@@ -443,3 +444,61 @@ def test_perfect_generator_arm_renders_new_atlas_subjects_for_the_synthetic_coun
     plain = write_tiny_dataset(tmp_path / "plain", grid_rows(["syndrome_a", "unaffected"], ["infant", "child"], per_cell=3))
     with pytest.raises(AblationError, match="needs an atlas"):
         run_ablation(config(plain, tmp_path / "g.ckpt", types=["perfect"], cond=["disease", "age"]), tmp_path / "o2")
+
+
+def test_replace_mode_and_synthetic_only_arms(tmp_path, data, network, monkeypatch):
+    """--replace: a synthetic arm's epoch is as long as the real set's; --synthetic-only: the
+    synthetic images alone, the same set as the arm with real images, scored on real folds."""
+    import synth.ablation.runner as runner
+    from synth.ablation import run_ablation
+
+    out = tmp_path / "out"
+    rec = Recorder()
+    monkeypatch.setattr(runner, "train_classifier", rec)
+    res = run_ablation(config(data, network, types=["unrelated"], replace=True, synthetic_only=True,
+                              epoch_selection="last"), out)
+    assert [a.name for a in res.arms] == ["real", "unrelated", "unrelated_only"]
+    calls = {(int(c["desc"].split()[1]), c["desc"].split(" / ")[1]): c for c in rec.calls}
+    for fold in range(2):
+        real, syn, only = (calls[fold, a] for a in ("real", "unrelated", "unrelated_only"))
+        n_real = len(real["train_files"])
+        assert real["epoch_size"] is None and syn["epoch_size"] == n_real  # the same steps as real
+        assert len(syn["train_files"]) > n_real  # ...drawn from real and synthetic images together
+        extra = [f for f, s in zip(syn["train_files"], syn["source"]) if s == "extra"]
+        assert set(only["source"]) == {"extra"} and only["train_files"] == extra  # the same synthetic set, alone
+        assert only["epoch_size"] is None
+        assert only["val_files"] == real["val_files"]  # scored on the real held-out fold
+        cell = json.loads((out / "cells" / f"fold{fold}" / "unrelated_only.json").read_text())
+        assert cell["n_train_real"] == 0 and cell["n_synthetic"] == len(extra)
+        assert json.loads((out / "cells" / f"fold{fold}" / "unrelated.json").read_text())["epoch_size"] == n_real
+    assert sorted(p.name for p in (out / "synthetic" / "fold0").iterdir() if p.is_dir()) == ["unrelated"]
+    report = (out / "report.md").read_text()
+    assert "Replace mode" in report and "`unrelated_only`" in report
+    results = json.loads((out / "results.json").read_text())
+    assert results["cv"]["matched"] == {} and results["config"]["replace"] is True
+
+
+def test_epoch_size_sets_the_steps_of_an_epoch(monkeypatch):
+    import classifiers.train as train_mod
+    from classifiers.data import LabelledImages
+    from classifiers.train import train_classifier
+
+    from classifiers.data import parse_target
+
+    target = parse_target("disease", SPACE)
+    n = 20
+    images = LabelledImages(images=torch.randint(0, 255, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)),
+                            targets=np.eye(3, dtype=np.float32)[np.arange(n) % 3], weights=np.ones(n, dtype=np.float32),
+                            files=[f"{i}.png" for i in range(n)], source=["own"] * n)
+    steps = []
+    real_step = train_mod.Trainer.step
+    monkeypatch.setattr(train_mod.Trainer, "step", lambda self, *a: steps.append(1) or real_step(self, *a))
+    res = train_classifier(images, None, target, tiny_train(epochs=2, batch=4), epoch_size=8)
+    assert len(steps) == 2 * 2 and res.meta["epoch_size"] == 8  # 8 images of batch 4, twice
+    steps.clear()
+    train_classifier(images, None, target, tiny_train(epochs=1, batch=4))
+    assert len(steps) == 5  # all 20 images without it
+    from classifiers.data import ClassifierDataError
+
+    with pytest.raises(ClassifierDataError, match="epoch size 21"):
+        train_classifier(images, None, target, tiny_train(), epoch_size=21)

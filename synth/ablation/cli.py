@@ -83,6 +83,13 @@ def _psi(ctx, param, value):
               help="Also train 'real_matched' (per ratio): the real images plus as many real training images again, "
                    "cell by cell with the synthetic counts, so it trains for the same steps on the same label mix. "
                    "The gain over it is what the synthetic images add beyond more training.")
+@click.option("--replace", is_flag=True,
+              help="Every arm keeps the real set's epoch length: an epoch of a synthetic arm draws as many images as "
+                   "the real training set has from the real and synthetic images together, so synthetic images replace "
+                   "a share of the real presentations and every arm takes the same steps as 'real'.")
+@click.option("--synthetic-only", is_flag=True,
+              help="Also train '<type>_only' per synthetic arm: its synthetic images alone, scored on the real "
+                   "held-out fold (the generator's classification accuracy score).")
 @click.option("--epoch-selection", type=click.Choice(["inner", "last", "held-out"]), default="inner",
               help="Which epoch of each classifier is scored: the best on an inner, grouped validation split of the "
                    "training folds (never the held-out fold); the last; or held-out (optimistic: the scoring images "
@@ -184,7 +191,7 @@ def ablate(ctx: click.Context, **p) -> None:
     # Bad option values are usage errors (exit 2); what the files hold is checked by the run (exit 1).
     try:
         build_arms([t.strip() for t in p["types"].split(",") if t.strip()], list(p["ratios"]) or [1.0],
-                   list(p["mixes"]) or [0.55], matched_control=p["matched_control"])
+                   list(p["mixes"]) or [0.55], matched_control=p["matched_control"], synthetic_only=p["synthetic_only"])
         check_model_name(p["model"])
     except (AblationError, ModelError) as e:
         raise click.UsageError(str(e).splitlines()[0]) from None
@@ -207,6 +214,7 @@ def ablate(ctx: click.Context, **p) -> None:
             seed=p["seed"], psi=p["psi"], mixes=list(p["mixes"]) or [0.55], exclude=list(p["exclude"]) or None,
             device=p["device"], progress=not p["no_progress"], gan_options=_gan_options(p["gan_options"]),
             age_factor=p["age_factor"], seeds=p["n_seeds"], matched_control=p["matched_control"],
+            replace=p["replace"], synthetic_only=p["synthetic_only"],
             epoch_selection=p["epoch_selection"].replace("-", "_"), inner_val=p["inner_val"], stale_after=p["claim_timeout"], wait=not p["no_wait"],
         )
         result = run_ablation(config, p["out"], force=p["force"])

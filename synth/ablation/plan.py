@@ -6,6 +6,11 @@ control ``real_matched`` of a ratio: the real images plus as many *real* trainin
 again, drawn cell by cell with the synthetic arms' counts.  The control trains for the same
 number of steps on the same label mix as the synthetic arms, so the gain over it is what the
 synthetic images themselves add (over ``real``, more optimisation steps count as gain too).
+The other way to hold steps equal is ``replace``: every arm keeps the real set's epoch length,
+and an epoch of a synthetic arm draws that many images from the real and synthetic images
+together, so synthetic images replace a share of the real presentations.  A *synthetic-only*
+arm (``{type}_only``, with ``synthetic_only``) trains on one type's images alone and is scored
+on the real held-out fold: the classification accuracy score of the generator.
 Every arm is trained once per cross-validation fold; a (fold, arm) pair is a *cell*.
 """
 from __future__ import annotations
@@ -37,13 +42,15 @@ class AblationError(UserError):
 @dataclass(frozen=True)
 class Arm:
     """One training recipe.  ``type`` is None for real-only arms: the reference, and the
-    matched controls (``matched``: real images repeated to the count of ``ratio``)."""
+    matched controls (``matched``: real images repeated to the count of ``ratio``).  ``only``:
+    the synthetic images of ``type`` without any real image."""
 
     name: str
     type: str | None = None
     ratio: float = 0.0
     mixes: tuple[float, ...] = ()
     matched: bool = False
+    only: bool = False
 
     @property
     def real_only(self) -> bool:
@@ -52,7 +59,18 @@ class Arm:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "type": self.type, "ratio": self.ratio, "mixes": list(self.mixes),
-                "matched": self.matched}
+                "matched": self.matched, "only": self.only}
+
+    @property
+    def source(self) -> "Arm":
+        """The arm whose synthetic set this one trains on: itself, or for a synthetic-only arm the
+        arm of the same type and ratio with real images (both read one set of images)."""
+        return dataclasses.replace(self, name=self.name.removesuffix("_only"), only=False) if self.only else self
+
+    @property
+    def adds_synthetic(self) -> bool:
+        """Real training images plus synthetic ones (the arms whose gain the ablation measures)."""
+        return self.type is not None and not self.only
 
 
 @dataclass
@@ -80,6 +98,9 @@ class AblationConfig:
     gan_options: dict[str, Any] = field(default_factory=dict)
     seeds: int = 1
     matched_control: bool = True  # a real_matched arm per ratio (see the module docstring)
+    # every arm keeps the real set's epoch length; synthetic images replace real presentations
+    replace: bool = False
+    synthetic_only: bool = False  # a {type}_only arm per synthetic arm: its images alone
     # Which epoch of each classifier is scored on the held-out fold: "inner" picks the best
     # epoch on a grouped, stratified ``inner_val`` share of the training folds (never the
     # held-out fold); "last" takes the last epoch; "held_out" picks it on the held-out fold
@@ -125,7 +146,7 @@ class AblationConfig:
         """The settings finished cells depend on.  Arms (types, ratios) may be added to an
         existing output folder; anything else must match what the folder was made with."""
         d = self.to_dict()
-        for key in ("types", "ratios", "seeds", "matched_control", "progress", "device", "gen_batch", "stale_after", "wait"):
+        for key in ("types", "ratios", "seeds", "matched_control", "synthetic_only", "progress", "device", "gen_batch", "stale_after", "wait"):
             d.pop(key)
         d["gan_options"] = {k: v for k, v in d["gan_options"].items() if k not in GAN_RUNTIME_OPTIONS}
         d["train"] = {k: v for k, v in d["train"].items() if k not in ("progress", "device", "num_workers", "eval_batch")}
@@ -176,9 +197,10 @@ def matched_name(ratio: float) -> str:
 
 
 def build_arms(types: Sequence[str], ratios: Sequence[float], default_mixes: Sequence[float] = (0.55,),
-               matched_control: bool = False) -> list[Arm]:
+               matched_control: bool = False, synthetic_only: bool = False) -> list[Arm]:
     """The reference arm, the matched control of each ratio (``matched_control``), then one
-    arm per type and ratio (a ratio suffix only when not 1)."""
+    arm per type and ratio (a ratio suffix only when not 1), each followed by its
+    synthetic-only arm (``synthetic_only``: ``{name}_only``)."""
     if not types:
         raise AblationError("--types: name at least one synthetic image type")
     ratios = list(ratios) or [1.0]
@@ -199,4 +221,6 @@ def build_arms(types: Sequence[str], ratios: Sequence[float], default_mixes: Seq
         for r in ratios:
             arm_name = name if r == 1.0 else f"{name}_{_ratio_suffix(r)}"
             arms.append(Arm(arm_name, base, float(r), mixes))
+            if synthetic_only:
+                arms.append(Arm(f"{arm_name}_only", base, float(r), mixes, only=True))
     return arms

@@ -163,6 +163,15 @@ def render_markdown(results: dict) -> str:
                    "`--gan-per-fold` for an unbiased estimate.")
     out.append("Synthetic images join only the training folds of their fold; counts follow the study rule "
                "(per disease x age cell, the mean count over that disease's age groups in the training folds) times the ratio.")
+    if cfg.get("replace"):
+        out.append("Replace mode: every arm keeps the real set's epoch length (an epoch of a synthetic arm draws as many "
+                   "images as the real training set has, from the real and synthetic images together), so every arm "
+                   "takes the same steps as `real` and its gain over `real` is what the synthetic images add.")
+    only = [a["name"] for a in results["arms"] if a.get("only")]
+    if only:
+        out.append(f"Synthetic-only arms ({', '.join(f'`{n}`' for n in only)}) train on the synthetic images alone and "
+                   "are scored on the real held-out fold: their accuracy is the generator's classification accuracy "
+                   "score, and their 'gain' over `real` how far it falls short of the real images.")
     out.append("")
     if k < 5:
         out.append(f"**Caution: only {k} folds.** The t interval uses {k - 1} degree(s) of freedom, so confidence intervals "

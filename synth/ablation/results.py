@@ -17,7 +17,8 @@ Schema (keys in file order)::
                            ("train": the classifier's TrainConfig.to_dict())
     arms            list   one Arm.to_dict() per arm, in run order (reference, matched controls,
                            then type x ratio): {"name": str, "type": str | null (null: real
-                           images only), "ratio": float, "mixes": [float], "matched": bool}
+                           images only), "ratio": float, "mixes": [float], "matched": bool,
+                           "only": bool (synthetic images without real ones)}
     reference       str    the arm every other is compared with: "real"
     class_names     [str]  the target's classes (those the real images have), column order
     cell_names      [str]  the factors a condition cell is made of (all factors of --cond)
@@ -112,7 +113,7 @@ def matched_statistics(arms: list[Arm], acc, bal, correct, n_train, n_test, pool
 
     out = {}
     for ctrl in (a for a in arms if a.matched):
-        group = [a.name for a in arms if not a.real_only and a.ratio == ctrl.ratio]
+        group = [a.name for a in arms if a.adds_synthetic and a.ratio == ctrl.ratio]
         if not group:
             continue
         names = [ctrl.name, *group]

@@ -84,7 +84,8 @@ def _check_config(config: AblationConfig) -> list[Arm]:
         raise AblationError(f"--claim-timeout {config.stale_after}: must be > 0")
     if not (np.isfinite(config.psi) and config.psi >= 0):
         raise AblationError(f"--psi {config.psi}: must be a finite number >= 0 (1 = no truncation)")
-    return build_arms(config.types, config.ratios, config.mixes, matched_control=config.matched_control)
+    return build_arms(config.types, config.ratios, config.mixes, matched_control=config.matched_control,
+                      synthetic_only=config.synthetic_only)
 
 
 def _folds(out: Path, imageset, config: AblationConfig, reuse: bool = True) -> tuple[np.ndarray, bool]:
@@ -195,27 +196,30 @@ class _Run(TrainingSets):
         # (legacy) the held-out fold itself
         select = (self.own.take(self.inner_split(fold)[1]) if selection == "inner"
                   else self.own.take(val_idx) if selection == "held_out" else None)
-        parts = [self.own.take(train_idx)]
+        parts = [] if arm.only else [self.own.take(train_idx)]
         n_syn = n_rep = 0
         if arm.matched:
             rep = self.matched_repeats(fold, arm)
             n_rep = len(rep)
             parts.append(self.own.take(rep))
-        elif not arm.real_only:
-            syn = self.synthetic(fold, arm)
+        elif arm.type is not None:
+            syn = self.synthetic(fold, arm.source)
             try:
                 enc = encode_images(syn, self.target, self.tc.size, factors=self.target.factors, source="extra")
             except ClassifierDataError as e:
                 raise AblationError(f"{arm.name}, fold {fold}: {str(e).splitlines()[0]}") from None
             n_syn = len(enc)
             # mark synthetic files so they can never be mistaken for real ones downstream
-            enc.files = [f"synthetic/fold{fold}/{arm.name}/{f}" for f in enc.files]
+            enc.files = [f"synthetic/fold{fold}/{arm.source.name}/{f}" for f in enc.files]
             parts.append(enc)
         train = LabelledImages.concat(parts)
         val = self.own.take(val_idx)
         fcfg = dataclasses.replace(self.tc, seed=classifier_seed(self.tc.seed, fold, seed))
+        # replace: an epoch of an arm with synthetic images is as long as the real set's, so every
+        # arm takes the same steps and synthetic images replace a share of real presentations
+        epoch_size = len(train_idx) if self.config.replace and arm.adds_synthetic else None
         res = train_classifier(
-            train, select, self.target, fcfg, out_dir=None, class_weight=self.class_weight,
+            train, select, self.target, fcfg, out_dir=None, class_weight=self.class_weight, epoch_size=epoch_size,
             meta_extra={"fold": fold, "arm": arm.name, "seed_index": seed},
             desc=cell_name(fold, arm.name, seed, self.config.seeds),
         )
@@ -230,8 +234,9 @@ class _Run(TrainingSets):
         rec = {
             "fold": fold, "arm": arm.to_dict(), "seed_index": seed, "classifier_seed": fcfg.seed,
             "worker": {"host": socket.gethostname(), "pid": os.getpid()},
-            "class_names": names, "n_train_real": int(len(train_idx)),
-            "n_synthetic": n_syn, "n_repeated": n_rep, "best_epoch": res.best_epoch, "epoch_selection": selection,
+            "class_names": names, "n_train_real": 0 if arm.only else int(len(train_idx)),
+            "n_synthetic": n_syn, "n_repeated": n_rep, "epoch_size": len(train) if epoch_size is None else epoch_size,
+            "best_epoch": res.best_epoch, "epoch_selection": selection,
             "n_inner_val": 0 if select is None or selection != "inner" else int(len(select)),
             "val": {"files": [self.imageset[i].file for i in val_idx], "probs": np.round(probs, 6).tolist(), "metrics": m},
             "test": None,
@@ -263,7 +268,7 @@ class _Run(TrainingSets):
         """Whether the cell can start now (a cell needing a GAN another worker trains waits)."""
         return arm.real_only or arm.type == PERFECT_TYPE or not self.config.gan_per_fold \
             or fold_gan_done(self.out, fold) is not None \
-            or (self.synthetic_dir(fold, arm) / "labels.csv").is_file()
+            or (self.synthetic_dir(fold, arm.source) / "labels.csv").is_file()
 
     def run_all(self) -> bool:
         """Train this worker's share of the cells; True when every cell exists at the end

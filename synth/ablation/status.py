@@ -53,7 +53,7 @@ def ablation_status(out: str | Path) -> dict:
     synthetic = []
     for fold in range(k):
         for arm in arms:
-            if arm.real_only:
+            if arm.real_only or arm.only:  # a synthetic-only arm reads its source arm's set
                 continue
             d = out / "synthetic" / f"fold{fold}" / arm.name
             state = "done" if (d / "labels.csv").is_file() else "left"
