@@ -502,3 +502,50 @@ def test_epoch_size_sets_the_steps_of_an_epoch(monkeypatch):
 
     with pytest.raises(ClassifierDataError, match="epoch size 21"):
         train_classifier(images, None, target, tiny_train(), epoch_size=21)
+
+
+def test_fold_gans_from_a_base_with_a_pool_chosen_by_judges(tmp_path, data, monkeypatch):
+    """The study's fold GANs: each starts from the base's weights, trains on the fold's images plus
+    the pool of other subjects, and is chosen by the judges with the selection rule."""
+    from synth.ablation import AblationError, run_ablation
+    from synth.data.dataset import open_dataset
+    from synth.data.folds import read_folds
+    from synth.networks.checkpoint import load_checkpoint
+    from synth.training.cli import train as train_cmd
+    from tests.helpers import save_judge
+
+    pool = write_tiny_dataset(tmp_path / "pool", grid_rows(["unaffected"], ["infant", "child", "adolescent"], per_cell=3),
+                              seed=99, schema=SCHEMA)
+    r = CliRunner().invoke(train_cmd, [
+        "--data", str(pool), "--cond", "none", "--kimg", "0.004", "--resolution", "16", "--batch", "4", "--z-dim", "16",
+        "--map-layers", "1", "--channel-base", "256", "--channel-max", "16", "--aug", "none", "--out", str(tmp_path / "b"),
+        "--no-progress", "--seed", "3"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    base = next((tmp_path / "b").iterdir())
+    judge = save_judge(tmp_path / "judge" / "model.safetensors", ["disease"], SPACE.factor("disease").levels)
+    # lr 0: the fold GANs keep the base's weights, so the transfer is visible in their snapshots
+    gan = dict(TINY_GAN, lr=0.0, judge_per_cell=2)
+    cfg = config(data, None, gan_per_fold=True, types=["unrelated"], gan_kimg=0.008, gan_resolution=16, gan_options=gan,
+                 gan_base=str(base), gan_pool=str(pool), gan_judges=[str(judge)], epoch_selection="last")
+    out = tmp_path / "out"
+    res = run_ablation(cfg, out)
+    folds = read_folds(out / "folds.csv", open_dataset(data))
+    base_g = load_checkpoint(base / json.loads((base / "latest.json").read_text())["snapshot"])["G_ema"].state_dict
+    for f in range(2):
+        info = json.loads((out / "gans" / f"fold{f}" / "generator.json").read_text())
+        assert info["n_pool"] == 9 and info["n_images"] == int((folds != f).sum()) + 9
+        assert info["selected"] == "best" and info["snapshot"] == "best.ckpt" and info["base"] == str(base)
+        assert info["selection"]["select"] is not None and "judge/disease" in info["selection"]
+        fold_g = load_checkpoint(out / "gans" / f"fold{f}" / "best.ckpt")["G_ema"].state_dict
+        synth_keys = [k for k in base_g if k.startswith("synthesis.")]
+        assert synth_keys and all(torch.equal(fold_g[k], base_g[k]) for k in synth_keys)
+    assert res.results["generator"]["gan_pool"] == str(pool) and len(res.results["generator"]["folds"]) == 2
+    report = (out / "report.md").read_text()
+    assert "### Fold GANs" in report and "best.ckpt (best)" in report
+    # the pool must hold other subjects: the data itself is refused, before anything is written
+    with pytest.raises(AblationError, match="also in --data"):
+        run_ablation(config(data, None, gan_per_fold=True, types=["unrelated"], gan_options=TINY_GAN,
+                            gan_resolution=16, gan_pool=str(data)), tmp_path / "o2")
+    assert not (tmp_path / "o2").exists()
+    with pytest.raises(AblationError, match="--gan-base: only with --gan-per-fold"):
+        run_ablation(config(data, tmp_path / "nowhere.ckpt", gan_base=str(base)), tmp_path / "o3")

@@ -181,3 +181,19 @@ def test_affected_fraction(tmp_path):
     assert w3[aff].sum() == pytest.approx(0.75)
     with pytest.raises(DatasetError, match="between 0 and 1"):
         balanced_weights(ims, affected_fraction=1.5)
+
+
+def test_join_adds_another_sets_images_under_a_tag(tmp_path):
+    from synth.data.dataset import DatasetError, open_dataset
+    from tests.helpers import grid_rows, write_tiny_dataset
+
+    a = open_dataset(write_tiny_dataset(tmp_path / "a", grid_rows(["syndrome_a", "unaffected"], ["child"], per_cell=2)))
+    b = open_dataset(write_tiny_dataset(tmp_path / "b", grid_rows(["unaffected"], ["child"], per_cell=3), seed=5))
+    j = a.join(b, "pool")
+    assert len(j) == 7 and [r.file for r in j.records[4:]] == [f"@pool/{r.file}" for r in b.records]
+    assert j.read_bytes(5) == b.read_bytes(1) and j.read_bytes(0) == a.read_bytes(0)  # both stores, same names inside
+    assert j.records[4].subject == f"@pool/{b.records[0].subject}"  # never one of a's subjects
+    assert j.cell_counts()[("unaffected", "child")] == 5 and j.path_of(4).endswith(b.records[0].file)
+    c = open_dataset(write_tiny_dataset(tmp_path / "c", grid_rows(["unaffected"], ["child"], per_cell=1)), cond=["disease"])
+    with pytest.raises(DatasetError, match="its factors \\(disease\\) differ"):
+        a.join(c, "pool")

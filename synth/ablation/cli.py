@@ -50,6 +50,15 @@ def _psi(ctx, param, value):
 @click.option("--gan-option", "gan_options", multiple=True, metavar="KEY=VALUE",
               help="Override one training option of the per-fold GANs (repeat), e.g. aux_weight=1 aux_mode=adc "
                    "lecam_weight=0.01 (the recipe of the bundled generator; names as in options.json).")
+@click.option("--gan-base", type=click.Path(path_type=Path), default=None,
+              help="With --gan-per-fold: a snapshot of synth train (e.g. trained with --cond none on a pool of other "
+                   "subjects) that every fold GAN starts from, as in the study's FFHQ start.")
+@click.option("--gan-pool", type=click.Path(path_type=Path), default=None,
+              help="With --gan-per-fold: a labelled dataset of other subjects (e.g. unaffected faces) added to every "
+                   "fold GAN's training images, never to a classifier's; refused if it shares an image with --data.")
+@click.option("--gan-judge", "gan_judges", type=click.Path(path_type=Path), multiple=True,
+              help="With --gan-per-fold: a classifier (trained on other subjects) that scores each fold GAN while it "
+                   "trains (repeatable); the snapshot the selection rule prefers (fidelity and variety) is used.")
 @click.option("--ratio", "ratios", type=float, multiple=True,
               help="Synthetic images per study-rule count (repeat for a sweep). Default 1.0.")
 @click.option("--mix", "mixes", type=float, multiple=True, help="Disease weight of plain 'blended' arms. Default 0.55.")
@@ -215,6 +224,9 @@ def ablate(ctx: click.Context, **p) -> None:
             device=p["device"], progress=not p["no_progress"], gan_options=_gan_options(p["gan_options"]),
             age_factor=p["age_factor"], seeds=p["n_seeds"], matched_control=p["matched_control"],
             replace=p["replace"], synthetic_only=p["synthetic_only"],
+            gan_base=str(p["gan_base"].resolve()) if p["gan_base"] else None,
+            gan_pool=str(p["gan_pool"].resolve()) if p["gan_pool"] else None,
+            gan_judges=[str(j.resolve()) for j in p["gan_judges"]],
             epoch_selection=p["epoch_selection"].replace("-", "_"), inner_val=p["inner_val"], stale_after=p["claim_timeout"], wait=not p["no_wait"],
         )
         result = run_ablation(config, p["out"], force=p["force"])

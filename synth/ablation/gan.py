@@ -4,6 +4,16 @@ With one GAN per fold, fold f's GAN sees only the images of the other folds, so 
 held-out images never influence the synthetic training images (as in the study).  A shared
 ``--network`` is simpler but, if it was trained on all images, every held-out image leaked
 into the generator and the measured gain is optimistic.
+
+The study's fold GANs started from a generator pretrained on a large face pool and trained on
+the fold's images plus about 2,500 unaffected faces.  Here: ``gan_base`` (our snapshot, e.g.
+``synth train --cond none`` on other subjects) is the starting point of every fold GAN (every
+tensor of the same name and shape copied, the label embedding new, as ``synth train --resume
+BASE --cond ...``); ``gan_pool`` (a labelled dataset of other subjects) joins every fold GAN's
+training images, never a classifier's; ``gan_judges`` (classifiers trained on other subjects)
+score each fold GAN while it trains, and the snapshot the selection rule prefers
+(:data:`synth.training.monitor.SELECTION_RULE`, fidelity and variety: ``best.ckpt``) becomes
+the fold's generator, its figures recorded in ``gans/fold{f}/generator.json``.
 """
 from __future__ import annotations
 
@@ -14,12 +24,36 @@ from pathlib import Path
 from synth.ablation.cache import read_json, try_claim, write_json
 from synth.ablation.plan import AblationConfig, AblationError
 
-__all__ = ["check_generator_space", "fold_gan_options", "fold_gan_done", "ensure_fold_gan", "load_fold_generator"]
+__all__ = ["check_generator_space", "fold_gan_options", "fold_gan_done", "ensure_fold_gan", "load_fold_generator",
+           "open_gan_base", "fold_gan_records"]
 
 POLL_SECONDS = 2.0
-# Set by the ablation itself (the fold's data, its length, its seed) or meaningless for a fold
-# GAN: a time limit would mark a half-trained GAN as finished.
-_NOT_GAN_OPTIONS = ("data", "cond", "kimg", "seed", "time_limit", "judge", "metrics_every", "judge_per_cell", "device")
+# Set by the ablation itself (the fold's data, its length, its seed, its judges: --gan-judge) or
+# meaningless for a fold GAN: a time limit would mark a half-trained GAN as finished.
+_NOT_GAN_OPTIONS = ("data", "cond", "kimg", "seed", "time_limit", "judge", "device", "unconditional")
+# What a fold GAN takes from --gan-base so that every tensor of the base fits.
+_BASE_ARCHITECTURE = ("resolution", "z_dim", "w_dim", "map_layers", "channel_base", "channel_max", "mbstd_group",
+                      "num_fp16_res", "conv_clamp")
+# Scores of the monitor kept in generator.json for the report (see synth.training.monitor).
+_SELECTION_KEYS = ("metric/select", "metric/judge/mean", "metric/diversity/mean", "metric/diversity/min")
+
+
+def open_gan_base(path: str | None):
+    """(TrainingOptions, checkpoint) of ``--gan-base``, or (None, None); AblationError if it is
+    not one of our training snapshots."""
+    if path is None:
+        return None, None
+    from synth.networks.checkpoint import CheckpointError, load_checkpoint
+    from synth.training.training_loop import TrainingOptions, find_snapshot
+
+    try:
+        snap = find_snapshot(path)
+        ck = load_checkpoint(snap, map_location="cpu")
+    except (CheckpointError, OSError, ValueError) as e:
+        raise AblationError(f"--gan-base {path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(ck.get("options"), dict) or ck.get("G") is None:
+        raise AblationError(f"--gan-base {path}: not a training snapshot of synth train (no options or no G)")
+    return TrainingOptions.from_dict(ck["options"]), ck
 
 
 def check_generator_space(gspace, dspace, where: str) -> None:
@@ -34,8 +68,9 @@ def check_generator_space(gspace, dspace, where: str) -> None:
             raise AblationError(f"{where}: generator has no level {missing[0]!r} of factor {name!r}")
 
 
-def fold_gan_options(config: AblationConfig, fold: int):
-    """TrainingOptions of fold ``fold``'s GAN: a preset, the study's balancing, overrides."""
+def fold_gan_options(config: AblationConfig, fold: int, base=None):
+    """TrainingOptions of fold ``fold``'s GAN: a preset, the study's balancing, the architecture
+    of ``base`` (the TrainingOptions of --gan-base), the judges, overrides."""
     from synth.training.presets import preset_fields, resolve_preset
     from synth.training.training_loop import TrainingError, TrainingOptions
 
@@ -48,6 +83,14 @@ def fold_gan_options(config: AblationConfig, fold: int):
     fields.update(kimg=config.gan_kimg, tick_kimg=min(pre.tick_kimg, config.gan_kimg))
     opts = TrainingOptions(data=str(config.data), cond=list(config.cond) if config.cond else [],
                            seed=config.seed + fold, device=config.device, progress=config.progress, **fields)
+    if base is not None:
+        if base.resolution != opts.resolution:
+            raise AblationError(f"--gan-resolution {opts.resolution}: the --gan-base generator is {base.resolution} px")
+        for name in _BASE_ARCHITECTURE:
+            setattr(opts, name, getattr(base, name))
+    if config.gan_judges:
+        opts.judge = [str(j) for j in config.gan_judges]
+        opts.metrics_every = max(config.gan_kimg / 10, opts.tick_kimg)  # about ten scores per GAN
     known = {f.name for f in dataclasses.fields(TrainingOptions)}
     for key, value in config.gan_options.items():
         if key not in known or key in _NOT_GAN_OPTIONS:
@@ -69,12 +112,34 @@ def fold_gan_done(out: Path, fold: int) -> Path | None:
     return None
 
 
+def _selection_stats(run_dir: Path) -> dict | None:
+    """The monitor's scores of the snapshot best.ckpt holds (the last scoring marked best)."""
+    import json
+
+    best = None
+    path = run_dir / "stats.jsonl"
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("metric/best"):
+                best = rec
+    if best is None:
+        return None
+    out = {"kimg": best.get("kimg")}
+    out.update({k[len("metric/"):]: best[k] for k in sorted(best) if k.startswith("metric/judge/") or k in _SELECTION_KEYS})
+    return out
+
+
 def ensure_fold_gan(config: AblationConfig, fold: int, train_set, out: Path, log=None, wait: bool = True) -> Path | None:
     """Snapshot path of fold ``fold``'s GAN, training it on ``train_set`` if not cached.
 
     ``gans/fold{f}/generator.json`` marks a finished GAN.  Another process training the same
     fold's GAN is waited for (``wait``; else None is returned at once); a killed training
-    restarts from its last snapshot.
+    restarts from its last snapshot.  With ``--gan-base`` a new GAN starts from the base's
+    weights; with ``--gan-judge`` the fold's generator is best.ckpt (the selection rule).
     """
     from synth.networks.checkpoint import CheckpointError
     from synth.training.training_loop import Trainer, TrainingError, find_snapshot
@@ -95,21 +160,34 @@ def ensure_fold_gan(config: AblationConfig, fold: int, train_set, out: Path, log
             snap = fold_gan_done(out, fold)
             if snap is not None:
                 return snap
-            opts = fold_gan_options(config, fold)
+            base_opts, base_ck = open_gan_base(config.gan_base)
+            opts = fold_gan_options(config, fold, base_opts)
+            say = log or (lambda m: None)
             try:
-                trainer = Trainer(opts, run_dir, imageset=train_set, log=log or (lambda m: None))
+                trainer = Trainer(opts, run_dir, imageset=train_set, log=say)
+                resumed = False
                 if (run_dir / "latest.json").is_file():
                     try:
                         trainer.resume(find_snapshot(run_dir))
+                        resumed = True
                     except (CheckpointError, TrainingError, KeyError, ValueError):
-                        trainer = Trainer(opts, run_dir, imageset=train_set, log=log or (lambda m: None))
+                        trainer = Trainer(opts, run_dir, imageset=train_set, log=say)
+                if not resumed and base_ck is not None:
+                    say(trainer.import_snapshot(config.gan_base, base_ck))
+                base_ck = None  # the base's tensors now live in the networks
                 trainer.train()
                 if trainer.last_snapshot is None or trainer.cur_nimg < int(round(opts.kimg * 1000)):
                     trainer.save_snapshot()
             except (TrainingError, CheckpointError) as e:
                 raise AblationError(f"GAN of fold {fold}: {str(e).splitlines()[0]}") from None
             snap = trainer.last_snapshot
-            write_json(marker, {"snapshot": snap.name, "kimg": trainer.cur_nimg / 1000, "n_images": len(train_set),
+            selected = "last"
+            if opts.judge and (run_dir / "best.ckpt").is_file():
+                snap, selected = run_dir / "best.ckpt", "best"
+            n_pool = sum(r.file.startswith("@pool/") for r in train_set.records)
+            write_json(marker, {"snapshot": snap.name, "selected": selected, "kimg": trainer.cur_nimg / 1000,
+                                "n_images": len(train_set), "n_pool": n_pool, "base": config.gan_base,
+                                "judges": list(opts.judge), "selection": _selection_stats(run_dir) if opts.judge else None,
                                 "options": opts.to_dict()})
             return snap
 
@@ -125,3 +203,8 @@ def load_fold_generator(path: Path, dspace, device: str):
         raise AblationError(str(e)) from None
     check_generator_space(gspace, dspace, f"--network {path}")
     return G, gspace
+
+
+def fold_gan_records(out: Path, k: int) -> list[dict | None]:
+    """generator.json of every fold GAN (None where a fold has none), for the report."""
+    return [read_json(out / "gans" / f"fold{f}" / "generator.json") for f in range(k)]

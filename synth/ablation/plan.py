@@ -96,6 +96,13 @@ class AblationConfig:
     gan_resolution: int = 32
     gan_preset: str = "cpu"
     gan_options: dict[str, Any] = field(default_factory=dict)
+    # The study's fold GANs: fine-tuned from a base generator (our snapshot, e.g. pretrained without
+    # labels on other subjects), trained on the fold's images plus a pool of other subjects'
+    # images (e.g. unaffected faces), each snapshot scored by judges trained on other subjects and
+    # the fold's generator chosen by the selection rule (best.ckpt).
+    gan_base: str | None = None
+    gan_pool: str | None = None
+    gan_judges: Sequence[str] = ()
     seeds: int = 1
     matched_control: bool = True  # a real_matched arm per ratio (see the module docstring)
     # every arm keeps the real set's epoch length; synthetic images replace real presentations
@@ -126,7 +133,7 @@ class AblationConfig:
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "train"}
         d["train"] = self.train.to_dict()
-        for key in ("types", "cond", "ratios", "mixes", "exclude"):
+        for key in ("types", "cond", "ratios", "mixes", "exclude", "gan_judges"):
             if d[key] is not None:
                 d[key] = list(d[key])
         return d

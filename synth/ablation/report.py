@@ -156,7 +156,10 @@ def render_markdown(results: dict) -> str:
                f"(fold sizes {', '.join(map(str, results['fold_sizes']))}), classifier `{cfg['train']['model']}` at "
                f"{cfg['train']['size']} px, {cfg['train']['epochs']} epoch(s).")
     if gen["mode"] == "per_fold":
-        out.append(f"Generator: one GAN per fold trained on that fold's training images only ({gen['gan_kimg']} kimg).")
+        start = f" from `{gen['gan_base']}`" if gen.get("gan_base") else ""
+        pool = f" plus the images of other subjects in `{gen['gan_pool']}`" if gen.get("gan_pool") else ""
+        out.append(f"Generator: one GAN per fold trained{start} on that fold's training images{pool} only "
+                   f"({gen['gan_kimg']} kimg).")
     else:
         out.append(f"Generator: one shared network `{gen['network']}` for all folds. **If it was trained on all images, "
                    "every held-out image leaked into the generator and the gains below are optimistic**; use "
@@ -194,6 +197,7 @@ def render_markdown(results: dict) -> str:
         out += ["", f"Each fold and arm was trained with {seeds} classifier seeds; a fold's score is their mean and the "
                 "out-of-fold predictions average their probabilities. SD of accuracy between seeds within a fold "
                 f"(points, mean over folds): {spread}."]
+    out += _fold_gan_section(gen)
     out += _epoch_section(results.get("epoch_selection"))
     for metric in METRICS:
         out += ["", f"### {metric.replace('_', ' ').capitalize()}", ""]
@@ -289,6 +293,40 @@ def _power_section(results: dict) -> list[str]:
                        "(more folds, seeds or data would be needed), so no synthetic arm's result here can show one.**")
         else:
             out.append("That is the ceiling of this experiment: a synthetic arm near it renders what the data lacks.")
+    return out
+
+
+def _fold_gan_section(gen: dict) -> list[str]:
+    """Each fold GAN: what it trained on, which snapshot was used and its judges' figures."""
+    folds = gen.get("folds") or []
+    if not any(folds):
+        return []
+    judged = bool(gen.get("gan_judges"))
+    factors = sorted({k.split("/")[1] for f in folds if f and f.get("selection") for k in f["selection"]
+                      if k.startswith("judge/") and k.count("/") == 1 and k != "judge/mean"})
+    out = ["", "### Fold GANs", ""]
+    if judged:
+        out.append("Each fold GAN was scored while it trained by the judges below (trained on other subjects); the "
+                   "snapshot with the best selection score (judge accuracy scaled down when the cells vary less than "
+                   "the real ones) generated the fold's images. Judges that chose a snapshot flatter it: read their "
+                   "figures as an upper bound, and judge the generators with a panel that took no part "
+                   "(`tools/eval_generator.py`). Judges: " + ", ".join(f"`{j}`" for j in gen["gan_judges"]) + ".")
+        out.append("")
+    head = ["fold", "images (pool)", "kimg", "snapshot"] + ([f"judge {f}" for f in factors] + ["diversity", "select"]
+                                                            if judged else [])
+    out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i, f in enumerate(folds):
+        if not f:
+            out.append(f"| {i} | not trained |" + " |" * (len(head) - 2))
+            continue
+        row = [str(i), f"{f.get('n_images')} ({f.get('n_pool', 0)})", f"{f.get('kimg', 0):.1f}",
+               f"{f.get('snapshot')} ({f.get('selected', 'last')})"]
+        if judged:
+            sel = f.get("selection") or {}
+            row += [_pct(sel.get(f"judge/{fac}")) for fac in factors]
+            row += [f"{sel['diversity/mean']:.2f}" if sel.get("diversity/mean") is not None else "-",
+                    f"{sel['select']:.3f}" if sel.get("select") is not None else "-"]
+        out.append("| " + " | ".join(row) + " |")
     return out
 
 

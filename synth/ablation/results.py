@@ -32,6 +32,16 @@ Schema (keys in file order)::
         network_sha256  str | null   SHA-256 of that file
         gan_kimg        float | null --gan-kimg of the fold GANs (null when shared)
         may_leak        bool         true when shared: the network may have seen held-out images
+        gan_base        str | null   --gan-base: the snapshot every fold GAN started from
+        gan_pool        str | null   --gan-pool: images of other subjects added to every fold GAN's
+        gan_judges      [str]        --gan-judge: the judges that chose each fold GAN's snapshot
+        folds           [dict] | null each fold GAN's generator.json: "snapshot" (file name),
+                                     "selected" ("best": the selection rule's best.ckpt, or
+                                     "last"), "kimg", "n_images" (of which "n_pool" from the
+                                     pool), "base", "judges", "selection" (the monitor's scores
+                                     of the chosen snapshot: "kimg", "select", "judge/...",
+                                     "diversity/mean", "diversity/min"; null without judges),
+                                     "options" (its TrainingOptions)
     cv              dict   cross-validation on the held-out folds:
         statistics      {"accuracy": S, "balanced_accuracy": S}: per-fold scores of every arm
                         against "real" (paired t, corrected resampled t with n_train/n_test the
@@ -92,6 +102,7 @@ from pathlib import Path
 import numpy as np
 
 from synth.ablation.cache import read_json
+from synth.ablation.gan import fold_gan_records
 from synth.ablation.folder import cell_name, cell_path
 from synth.ablation.plan import REFERENCE_ARM, AblationError, Arm
 
@@ -214,6 +225,10 @@ def collect_results(run) -> dict:
             "gan_kimg": cfg.gan_kimg if cfg.gan_per_fold else None,
             # A shared network trained on all images has seen every held-out image.
             "may_leak": not cfg.gan_per_fold,
+            "gan_base": cfg.gan_base,
+            "gan_pool": cfg.gan_pool,
+            "gan_judges": list(cfg.gan_judges),
+            "folds": fold_gan_records(run.out, run.k) if cfg.gan_per_fold else None,
         },
         "cv": {
             "statistics": {

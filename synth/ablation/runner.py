@@ -31,7 +31,7 @@ import numpy as np
 from classifiers.train import train_classifier
 from synth.ablation.cache import read_json, try_claim, write_json
 from synth.ablation.folder import cell_name, cell_path, check_out_dir, load_plan, prepare_out_dir
-from synth.ablation.gan import ensure_fold_gan, fold_gan_done, fold_gan_options, load_fold_generator
+from synth.ablation.gan import ensure_fold_gan, fold_gan_done, fold_gan_options, load_fold_generator, open_gan_base
 from synth.ablation.plan import PERFECT_TYPE, AblationConfig, AblationError, Arm, build_arms
 from synth.ablation.results import collect_results
 from synth.ablation.sets import POLL_SECONDS, TrainingSets, _open
@@ -69,6 +69,17 @@ def _check_config(config: AblationConfig) -> list[Arm]:
         raise AblationError(f"--epoch-selection {config.epoch_selection!r}: choose inner, last or held-out")
     if config.epoch_selection == "inner" and not 0.05 <= config.inner_val <= 0.5:
         raise AblationError(f"--inner-val {config.inner_val}: give a share of the training folds between 0.05 and 0.5")
+    for name, value in (("--gan-base", config.gan_base), ("--gan-pool", config.gan_pool),
+                        ("--gan-judge", config.gan_judges[0] if config.gan_judges else None)):
+        if value is not None and not config.gan_per_fold:
+            raise AblationError(f"{name}: only with --gan-per-fold (it shapes the per-fold GANs)")
+    if config.gan_base is not None and not Path(config.gan_base).exists():
+        raise AblationError(f"--gan-base {config.gan_base}: not found")
+    if config.gan_pool is not None and not Path(config.gan_pool).exists():
+        raise AblationError(f"--gan-pool {config.gan_pool}: not found")
+    for judge in config.gan_judges:
+        if not Path(judge).exists():
+            raise AblationError(f"--gan-judge {judge}: not found")
     if config.gan_per_fold and config.network is not None:
         raise AblationError("--network and --gan-per-fold exclude each other; choose one")
     if not config.gan_per_fold:
@@ -182,6 +193,35 @@ class _Run(TrainingSets):
         if self.config.network is not None:
             G, gspace = load_fold_generator(Path(self.config.network), self.space, self.config.device)
             self._shared = (G, gspace)
+        self._pool = None
+        if self.config.gan_pool is not None:
+            self._pool = self._open_pool(Path(self.config.gan_pool))
+        if self.config.gan_per_fold:  # the fold GANs' options (and the base) fail here, not hours later
+            fold_gan_options(self.config, 0, open_gan_base(self.config.gan_base)[0])
+
+    def _open_pool(self, path: Path):
+        """--gan-pool, read in the data's condition space; refused when one of its images is also
+        one of the data's (the held-out folds would reach the fold GANs through it)."""
+        import hashlib
+
+        from synth.data.dataset import DatasetError
+
+        pool = _open(path, self.config.cond, "--gan-pool", space=self.space)
+        if len(pool) == 0:
+            raise AblationError(f"--gan-pool {path}: has no images")
+        ours = {hashlib.sha256(self.imageset.read_bytes(i)).digest() for i in range(len(self.imageset))}
+        try:
+            shared = [pool[i].file for i in range(len(pool)) if hashlib.sha256(pool.read_bytes(i)).digest() in ours]
+        except (OSError, KeyError) as e:
+            raise AblationError(f"--gan-pool {path}: cannot read an image ({e})") from None
+        if shared:
+            raise AblationError(f"--gan-pool {path}: {len(shared)} image(s) are also in --data (e.g. {shared[0]}); the "
+                                f"pool must hold other subjects, or held-out images reach the fold GANs")
+        try:
+            self.imageset.subset([]).join(pool, "pool")  # same factors and levels
+        except DatasetError as e:
+            raise AblationError(f"--gan-pool {str(e).splitlines()[0]}") from None
+        return pool
 
     # ---- one cell --------------------------------------------------------------------------
     def run_cell(self, fold: int, arm: Arm, seed: int = 0) -> dict:
@@ -261,8 +301,7 @@ class _Run(TrainingSets):
             return
         for fold in range(self.k):
             if fold_gan_done(self.out, fold) is None:
-                train_set = self.imageset.subset(np.flatnonzero(self.folds != fold))
-                ensure_fold_gan(self.config, fold, train_set, self.out, wait=False)
+                ensure_fold_gan(self.config, fold, self.gan_training_set(fold), self.out, wait=False)
 
     def _ready(self, fold: int, arm: Arm) -> bool:
         """Whether the cell can start now (a cell needing a GAN another worker trains waits)."""

@@ -45,7 +45,8 @@ class TrainingSets:
 
     Reads the run's ``config``, ``out``, ``imageset``, ``space``, ``folds``, ``cells``,
     ``cell_factors``, ``cell_order``, ``target``, ``own`` (the encoded real images), ``_atlas``
-    (atlas.json of ``--data`` for the perfect arm), ``_shared`` (the ``--network`` generator)
+    (atlas.json of ``--data`` for the perfect arm), ``_shared`` (the ``--network`` generator),
+    ``_pool`` (the ``--gan-pool`` images or None)
     and keeps ``_generators`` (one fold GAN in memory) and ``_inner`` (inner splits by fold).
     """
 
@@ -54,10 +55,15 @@ class TrainingSets:
         if self.config.network is not None:
             return self._shared
         if fold not in self._generators:
-            train_set = self.imageset.subset(np.flatnonzero(self.folds != fold))
-            snap = ensure_fold_gan(self.config, fold, train_set, self.out)
+            snap = ensure_fold_gan(self.config, fold, self.gan_training_set(fold), self.out)
             self._generators = {fold: load_fold_generator(snap, self.space, self.config.device)}  # keep one in memory
         return self._generators[fold]
+
+    def gan_training_set(self, fold: int):
+        """What fold ``fold``'s GAN trains on: the fold's training images, plus ``--gan-pool``'s
+        images of other subjects (never a classifier's)."""
+        train_set = self.imageset.subset(np.flatnonzero(self.folds != fold))
+        return train_set if self._pool is None else train_set.join(self._pool, "pool")
 
     def synthetic_dir(self, fold: int, arm: Arm) -> Path:
         return self.out / "synthetic" / f"fold{fold}" / arm.name

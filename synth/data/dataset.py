@@ -12,17 +12,16 @@ import io
 import json
 import re
 import warnings
-import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
 
-from synth.errors import UserError
 from synth.conditions import KNOWN_LEVELS, ConditionError, ConditionSpace
+from synth.data.storage import IMAGE_EXTENSIONS, LABELS_CSV, NVLABS_JSON, DatasetError, _JoinedStorage, _Storage
 
 __all__ = [
     "DatasetError",
@@ -39,15 +38,8 @@ __all__ = [
     "SCHEMA_FILE",
 ]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-LABELS_CSV = "labels.csv"
 SCHEMA_FILE = "conditions.yaml"
-NVLABS_JSON = "dataset.json"
 RESERVED_COLUMNS = ("file", "subject")
-
-
-class DatasetError(UserError):
-    """A dataset that cannot be read as given (one-line message naming the file)."""
 
 
 @dataclass
@@ -59,64 +51,6 @@ class Record:
     soft: np.ndarray | None = None
     subject: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
-
-
-# ----------------------------------------------------------------------------------------
-# Storage: a folder or a zip archive, addressed by POSIX relative paths.
-
-
-class _Storage:
-    def __init__(self, path: Path):
-        self.path = path
-        self._zip: zipfile.ZipFile | None = None
-        self._prefix = ""
-        if path.is_file():
-            if not zipfile.is_zipfile(path):
-                raise DatasetError(f"{path}: not a folder or a zip archive")
-            self._zip = zipfile.ZipFile(path)
-            names = [n for n in self._zip.namelist() if not n.endswith("/")]
-            # A zip of a folder holds "folder/labels.csv": read relative to that folder.
-            for marker in (LABELS_CSV, NVLABS_JSON):
-                hits = sorted((n for n in names if PurePosixPath(n).name == marker), key=len)
-                if hits:
-                    parent = str(PurePosixPath(hits[0]).parent)
-                    self._prefix = "" if parent == "." else parent + "/"
-                    break
-            self._names = {n[len(self._prefix):] for n in names if n.startswith(self._prefix)}
-        elif not path.is_dir():
-            raise DatasetError(f"{path}: dataset not found")
-
-    def __getstate__(self):  # zip handles do not cross process boundaries (DataLoader workers)
-        state = dict(self.__dict__)
-        state["_zip"] = None
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        if self.path.is_file():
-            self._zip = zipfile.ZipFile(self.path)
-
-    def exists(self, rel: str) -> bool:
-        if self._zip is not None:
-            return rel in self._names
-        return (self.path / rel).is_file()
-
-    def read(self, rel: str) -> bytes:
-        if self._zip is not None:
-            if rel not in self._names:
-                raise FileNotFoundError(rel)
-            return self._zip.read(self._prefix + rel)
-        return (self.path / rel).read_bytes()
-
-    def list_images(self) -> list[str]:
-        if self._zip is not None:
-            names = self._names
-        else:
-            names = {p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if p.is_file()}
-        return sorted(n for n in names if n.lower().endswith(IMAGE_EXTENSIONS) and not PurePosixPath(n).name.startswith("."))
-
-    def display(self, rel: str) -> str:
-        return f"{self.path}:{rel}" if self._zip is not None else str(self.path / rel)
 
 
 def open_image(data: bytes, name: str) -> Image.Image:
@@ -265,6 +199,28 @@ class ImageSet:
 
     def subset(self, indices: Iterable[int]) -> "ImageSet":
         return ImageSet(self._storage, self.space, [self.records[int(i)] for i in indices])
+
+    def join(self, other: "ImageSet", tag: str) -> "ImageSet":
+        """This set's images followed by ``other``'s (e.g. a pool of unaffected faces added to a
+        GAN's training images), in this set's condition space.  ``other``'s files are named
+        ``@tag/<file>`` and its subjects ``@tag/<subject>``, so neither can collide with ours."""
+        if (self.space is None) != (other.space is None) or (self.space is not None and self.space.names != other.space.names):
+            raise DatasetError(f"{other.root}: its factors ({', '.join(other.space.names) if other.space else 'none'}) "
+                               f"differ from {self.root}'s ({', '.join(self.space.names) if self.space else 'none'})")
+        if self.space is not None:
+            for name in self.space.names:
+                extra = sorted({r.labels[name] for r in other.records} - set(self.space.factor(name).levels))
+                if extra:
+                    raise DatasetError(f"{other.root}: level {extra[0]!r} of factor {name!r} is not one of {self.root}'s")
+        parts: dict[str, tuple[Any, str]] = {r.file: (self._storage, r.file) for r in self.records}
+        records = list(self.records)
+        for r in other.records:
+            name = f"@{tag}/{r.file}"
+            parts[name] = (other._storage, r.file)
+            subject = f"@{tag}/{r.subject}" if r.subject else None
+            soft = r.soft if r.soft is not None and other.space == self.space else None  # else the hard labels
+            records.append(Record(name, dict(r.labels), soft, subject, dict(r.extra)))
+        return ImageSet(_JoinedStorage(parts, self.root), self.space, records)
 
     def __repr__(self) -> str:
         return f"ImageSet({self.root}, {len(self)} images, {self.space!r})"
