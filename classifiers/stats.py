@@ -209,3 +209,12 @@ def mcnemar(correct_a, correct_b, exact: bool | None = None) -> McNemarResult:
         return McNemarResult(float(min(b, c)), min(p, 1.0), b, c, True)
     stat = max(abs(b - c) - 1, 0) ** 2 / n
     return McNemarResult(float(stat), float(stats.chi2.sf(stat, 1)), b, c, False)
+
+
+def wilson_interval(correct: int, n: int, alpha: float = 0.05) -> tuple[float | None, float | None]:
+    """Wilson score interval of a proportion ``correct / n`` (None, None when ``n`` is 0): unlike
+    the normal approximation it stays inside [0, 1] and is honest for the few images of a rare cell."""
+    if n <= 0:
+        return None, None
+    ci = stats.binomtest(int(correct), int(n)).proportion_ci(confidence_level=1 - alpha, method="wilson")
+    return float(ci.low), float(ci.high)

@@ -549,3 +549,44 @@ def test_fold_gans_from_a_base_with_a_pool_chosen_by_judges(tmp_path, data, monk
     assert not (tmp_path / "o2").exists()
     with pytest.raises(AblationError, match="--gan-base: only with --gan-per-fold"):
         run_ablation(config(data, tmp_path / "nowhere.ckpt", gan_base=str(base)), tmp_path / "o3")
+
+
+def test_rare_cells_get_their_own_accuracy_and_gain(tmp_path, network, monkeypatch):
+    """Cells with fewer than half the median cell's real images are the rare ones: their pooled
+    accuracy, Wilson interval and paired gains agree with the per-cell table."""
+    from synth.ablation import run_ablation
+
+    rows = grid_rows(["syndrome_a", "syndrome_b", "unaffected"], ["infant", "child", "adolescent"], per_cell=6)
+    rare = {("syndrome_a", "infant"), ("syndrome_b", "adolescent")}
+    kept, seen = [], {}
+    for r in rows:
+        cell = (r["disease"], r["age"])
+        seen[cell] = seen.get(cell, 0) + 1
+        if cell not in rare or seen[cell] <= 2:
+            kept.append(r)
+    data = write_tiny_dataset(tmp_path / "skewed", kept, schema=SCHEMA)
+    out = tmp_path / "out"
+    res = run_ablation(config(data, network, types=["unrelated"], matched_control=True, epoch_selection="last"), out)
+    rc = res.results["cv"]["rare_cells"]
+    assert sorted(map(tuple, rc["cells"])) == sorted(rare) and rc["n"] == 4
+    oof = res.results["cv"]["oof"]
+    for arm, e in rc["arms"].items():
+        cells = [c for c in oof[arm]["per_cell"] if tuple(c["cell"]) in rare]
+        assert e["correct"] == sum(c["correct"] for c in cells) and e["accuracy"] == pytest.approx(e["correct"] / 4)
+        assert e["ci_low"] <= e["accuracy"] <= e["ci_high"]
+        if arm != "real":
+            d = e["vs_real"]
+            assert d["difference"] == pytest.approx(e["accuracy"] - rc["arms"]["real"]["accuracy"])
+            assert d["ci_low"] <= d["difference"] <= d["ci_high"] and 0 <= d["mcnemar_p"] <= 1
+    assert rc["arms"]["unrelated"]["vs_matched"]["control"] == "real_matched"
+    for c in oof["real"]["per_cell"]:
+        if c["n"]:
+            assert c["ci_low"] <= c["accuracy"] <= c["ci_high"]
+    report = (out / "report.md").read_text()
+    assert "### Rare cells" in report and "syndrome_a/infant" in report
+    assert "ci_low,ci_high" in (out / "per_cell.csv").read_text().splitlines()[0]
+    # uniform cells: no rare cell, and the report says so
+    res2 = run_ablation(config(write_tiny_dataset(tmp_path / "even", rows, schema=SCHEMA), network, types=["unrelated"],
+                               epoch_selection="last"), tmp_path / "out2")
+    assert res2.results["cv"]["rare_cells"]["cells"] == []
+    assert "No rare cells" in (tmp_path / "out2" / "report.md").read_text()

@@ -73,7 +73,7 @@ def _cell_rows(results: dict) -> list[list]:
     for scope, by_arm in sources:
         for arm, m in by_arm.items():
             for c in m.get("per_cell", []):
-                rows.append([scope, arm, *c["cell"], c["n"], c["correct"], c["accuracy"]])
+                rows.append([scope, arm, *c["cell"], c["n"], c["correct"], c["accuracy"], c.get("ci_low"), c.get("ci_high")])
     return rows
 
 
@@ -109,9 +109,41 @@ def _cell_table(by_arm: dict, cell_names: list[str]) -> list[str]:
     for i, c in enumerate(first):
         if c["n"] == 0:
             continue
-        accs = [by_arm[a]["per_cell"][i]["accuracy"] for a in arms]
-        lines.append("| " + " | ".join(c["cell"]) + f" | {c['n']} | " + " | ".join(_pct(a) for a in accs) + " |")
+        lines.append("| " + " | ".join(c["cell"]) + f" | {c['n']} | "
+                     + " | ".join(_with_ci(by_arm[a]["per_cell"][i]) for a in arms) + " |")
     return lines
+
+
+def _with_ci(e: dict) -> str:
+    """``75.0 [50.1, 90.3]``: an accuracy with its interval, when it has one."""
+    if e.get("ci_low") is None:
+        return _pct(e.get("accuracy"))
+    return f"{_pct(e.get('accuracy'))} [{_pct(e['ci_low'])}, {_pct(e['ci_high'])}]"
+
+
+def _rare_section(rare: dict | None) -> list[str]:
+    """Accuracy and gains in the rare cells, where the study claims its gain."""
+    if not rare:
+        return []
+    out = ["", "### Rare cells", ""]
+    if not rare["cells"]:
+        return out + [f"No rare cells: none has fewer real images than {rare['rule'].split('than ', 1)[-1]}."]
+    out.append(f"Rare: {rare['rule']}: {', '.join('/'.join(c) for c in rare['cells'])} ({rare['n']} held-out images, "
+               "pooled out-of-fold). Accuracy with its Wilson 95% interval; gains in points with a paired bootstrap "
+               "95% interval over subjects and McNemar's p.")
+    out += ["", "| arm | accuracy % | gain over real | p | gain over matched control | p |", "|---|---|---|---|---|---|"]
+
+    def g(d: dict | None) -> tuple[str, str]:
+        if not d:
+            return "", ""
+        return (f"{_pct(d['difference'], True)} [{_pct(d['ci_low'], True)}, {_pct(d['ci_high'], True)}]",
+                f"{d['mcnemar_p']:.3f}")
+
+    for arm, e in rare["arms"].items():
+        vr, pr = g(e.get("vs_real"))
+        vm, pm = g(e.get("vs_matched"))
+        out.append(f"| {arm} | {_with_ci(e)} | {vr} | {pr} | {vm} | {pm} |")
+    return out
 
 
 def _class_table(by_arm: dict, class_names: list[str]) -> list[str]:
@@ -206,7 +238,8 @@ def render_markdown(results: dict) -> str:
     out += _power_section(results)
     out += ["", "### Accuracy per class (pooled out-of-fold)", ""]
     out += _class_table(results["cv"]["oof"], results["class_names"])
-    out += ["", "### Accuracy per condition cell (pooled out-of-fold, %)", ""]
+    out += _rare_section(results["cv"].get("rare_cells"))
+    out += ["", "### Accuracy per condition cell (pooled out-of-fold, %, Wilson 95% interval)", ""]
     out += _cell_table(results["cv"]["oof"], results["cell_names"])
     if results.get("test"):
         t = results["test"]
@@ -354,7 +387,7 @@ def write_report(out_dir: str | Path, results: dict) -> dict[str, Path]:
     paths = {n: out / n for n in ("results.json", "per_arm.csv", "per_cell.csv", "report.md", "gain.png")}
     atomic_write_text(paths["results.json"], json.dumps(results, indent=1) + "\n")
     atomic_write_text(paths["per_arm.csv"], csv_text(ARM_HEADER, _arm_rows(results)))
-    atomic_write_text(paths["per_cell.csv"], csv_text(["scope", "arm", *results["cell_names"], "n", "correct", "accuracy"],
+    atomic_write_text(paths["per_cell.csv"], csv_text(["scope", "arm", *results["cell_names"], "n", "correct", "accuracy", "ci_low", "ci_high"],
                                                   _cell_rows(results)))
     plot_gain(paths["gain.png"], results)
     atomic_write_text(paths["report.md"], render_markdown(results))

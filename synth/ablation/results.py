@@ -52,6 +52,11 @@ Schema (keys in file order)::
                         "balanced_accuracy": float (seed means), "seed_accuracies": [float],
                         "n_synthetic": int, "n_repeated": int (seed 0's cell),
                         "best_epoch": [int per seed]}
+        rare_cells      {"rule": str, "cells": [[str]], "n": int held-out images in them, "arms":
+                        {arm: {"accuracy", "correct", "ci_low", "ci_high" (Wilson 95%),
+                        "vs_real" and "vs_matched" (with "control"): {"difference", "ci_low",
+                        "ci_high" (paired bootstrap over subjects), "mcnemar_p"}}}}: the rare
+                        cells (see rare_cell_statistics), where the study claims its gain
         matched         {control arm name: {"ratio": float, "accuracy": S, "balanced_accuracy":
                         S}}: the control against itself and the synthetic arms of its ratio
                         (reference = the control); {} without matched controls
@@ -93,7 +98,8 @@ Schema (keys in file order)::
      "per_class": {class: {"support": int, "sensitivity", "specificity", "precision", "f1",
                            "auc": float}},
      "confusion_matrix": [[int]] (rows true, columns predicted),
-     "cell_names": [str], "per_cell": [{"cell": [str], "n": int, "correct": int, "accuracy": float}]}
+     "cell_names": [str], "per_cell": [{"cell": [str], "n": int, "correct": int, "accuracy": float,
+     "ci_low": float, "ci_high": float (Wilson 95%)}]}
 """
 from __future__ import annotations
 
@@ -135,6 +141,61 @@ def matched_statistics(arms: list[Arm], acc, bal, correct, n_train, n_test, pool
         }
         for n in names:  # pooled balanced accuracy of the out-of-fold (ensemble) predictions
             out[ctrl.name]["balanced_accuracy"]["arms"][n]["pooled"] = pooled_metrics[n]["balanced_accuracy"]
+    return out
+
+
+RARE_SHARE = 0.5  # a rare cell has fewer real images than this share of the median cell
+
+
+def _cell_intervals(by_arm: dict) -> None:
+    """Add the Wilson 95% interval (``ci_low``, ``ci_high``) to every per-cell accuracy."""
+    from classifiers.stats import wilson_interval
+
+    for m in by_arm.values():
+        for c in m.get("per_cell", []):
+            c["ci_low"], c["ci_high"] = wilson_interval(c["correct"], c["n"])
+
+
+def rare_cell_statistics(run, correct: dict[str, np.ndarray], n_boot: int = 2000) -> dict:
+    """Accuracy on the held-out images of the rare cells (fewer real images than
+    :data:`RARE_SHARE` x the median cell: in the study's shape the affected infants and older
+    adults) for every arm, and each arm's gain there over ``real`` and over its matched control:
+    pooled out-of-fold predictions, Wilson intervals, a paired bootstrap over subjects for the
+    gain and McNemar's test."""
+    from collections import Counter
+
+    from classifiers.stats import bootstrap_ci, mcnemar, wilson_interval
+
+    counts = Counter(run.cells)
+    sizes = [n for n in counts.values() if n > 0]
+    median = float(np.median(sizes)) if sizes else 0.0
+    rare = [c for c in run.cell_order if 0 < counts.get(c, 0) < RARE_SHARE * median]
+    out: dict = {"rule": f"cells with fewer real images than {RARE_SHARE:g} x the median cell ({median:g})",
+                 "cells": [list(c) for c in rare], "n": 0, "arms": {}}
+    if not rare:
+        return out
+    mask = np.isin(np.arange(len(run.cells)), [i for i, c in enumerate(run.cells) if c in set(rare)])
+    groups = run.imageset.groups()[mask]
+    out["n"] = int(mask.sum())
+    controls = {a.ratio: a.name for a in run.arms if a.matched}
+
+    def gain(ok: np.ndarray, ref: np.ndarray) -> dict:
+        ci = bootstrap_ci(ref.astype(np.int64), ok.astype(np.int64), metric=lambda t, p: float(p.mean() - t.mean()),
+                          n_boot=n_boot, groups=groups, seed=0)
+        m = mcnemar(ok, ref)
+        return {"difference": float(ok.mean() - ref.mean()), "ci_low": ci.low, "ci_high": ci.high,
+                "mcnemar_p": m.p_value}
+
+    for arm in run.arms:
+        ok = correct[arm.name][mask]
+        low, high = wilson_interval(int(ok.sum()), int(ok.size))
+        entry = {"accuracy": float(ok.mean()), "correct": int(ok.sum()), "ci_low": low, "ci_high": high}
+        if arm.name != REFERENCE_ARM:
+            entry["vs_real"] = gain(ok, correct[REFERENCE_ARM][mask])
+        ctrl = controls.get(arm.ratio)
+        if arm.adds_synthetic and ctrl is not None:
+            entry["vs_matched"] = {"control": ctrl, **gain(ok, correct[ctrl][mask])}
+        out["arms"][arm.name] = entry
     return out
 
 
@@ -244,6 +305,7 @@ def collect_results(run) -> dict:
         results["cv"]["statistics"]["balanced_accuracy"]["arms"][arm.name]["pooled"] = oof_metrics[arm.name]["balanced_accuracy"]
         results["cv"]["statistics"]["accuracy"]["arms"][arm.name]["seed_sd"] = seed_sd[arm.name]
     results["cv"]["matched"] = matched_statistics(run.arms, acc, bal, correct, n_train, n_test, oof_metrics)
+    results["cv"]["rare_cells"] = rare_cell_statistics(run, correct)
     results["epoch_selection"] = {
         "mode": cfg.epoch_selection, "inner_val": cfg.inner_val if cfg.epoch_selection == "inner" else None,
         "epochs": cfg.train.epochs,
@@ -251,6 +313,8 @@ def collect_results(run) -> dict:
         # the classifiers were still improving (not converged)
         "best_epochs": {arm: [e for row in rows for e in row["best_epoch"]] for arm, rows in fold_rows.items()},
     }
+    for part in (oof_metrics, t_metrics):
+        _cell_intervals(part)
     if run.test is not None:
         results["test"] = {
             "n_images": len(run.test_set),
