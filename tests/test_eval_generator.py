@@ -163,3 +163,15 @@ def test_not_a_checkpoint_names_the_file(tmp_path):
     bad.write_text("hello")
     r = run_tool([bad, "--out", tmp_path / "e", "--cache", tmp_path / "cache", "--quiet"])
     assert r.exit_code != 0 and "junk.ckpt" in r.output and "Traceback" not in r.output
+
+
+def test_one_swap_of_neighbours_still_rises():
+    """Over five levels one swapped pair is rho 0.9 exactly (scipy: 0.8999999999999998): monotone by
+    the rule; two swaps or a flat morph are not."""
+    from scipy.stats import spearmanr
+
+    from synth.quality.panel.scoring import rises
+
+    one_swap = float(spearmanr(range(5), [0, 1, 3, 2, 4]).statistic)
+    assert one_swap < 0.9 and rises(one_swap)
+    assert not rises(float(spearmanr(range(5), [1, 0, 3, 2, 4]).statistic)) and not rises(None)
