@@ -27,12 +27,6 @@ __all__ = [
     "save_overlays",
     "composite_maps",
     "composite_grid_png",
-    "PermutationResult",
-    "permutation_test",
-    "permutation_test_matrix",
-    "write_permutation_outputs",
-    "backbone_embedder",
-    "random_projection_embedder",
 ]
 
 # Names that moved to classifiers.permutation; still importable from here (resolved on first

@@ -300,25 +300,22 @@ def format_report(report: Report, split: Sequence[str] = SPLIT, graph: bool = Fa
         lines.append("package graph:")
         for g in sorted(report.package_succ):
             lines.append(f"  {g} -> {', '.join(sorted(report.package_succ[g]))}")
-    if not report.package_cycles:
-        lines.append("package cycles: none")
-    for comp in report.package_cycles:
-        members = set(comp)
-        cyc = shortest_cycle(comp, report.package_succ)
-        lines.append(f"package cycle: {' -> '.join(cyc)}  (component: {', '.join(comp)})")
-        for e in sorted(set(report.edges), key=lambda e: (e.source, e.line, e.target)):
-            a, b = group_of(e.source, split), group_of(e.target, split)
-            if a != b and a in members and b in members:
-                lines.append(f"    {a} -> {b}: {e}")
-    if not report.file_cycles:
-        lines.append("file cycles: none")
-    for comp in report.file_cycles:
-        members = set(comp)
-        cyc = shortest_cycle(comp, report.file_succ)
-        lines.append(f"file cycle: {' -> '.join(cyc)}  (component of {len(comp)}: {', '.join(comp)})")
-        for e in sorted(set(report.edges), key=lambda e: (e.source, e.line, e.target)):
-            if e.source in members and e.target in members:
-                lines.append(f"    {e}")
+    edges = sorted(set(report.edges), key=lambda e: (e.source, e.line, e.target))
+    by_package = {e: (group_of(e.source, split), group_of(e.target, split)) for e in edges}
+    for kind, comps, succ, ends in (
+        ("package", report.package_cycles, report.package_succ, lambda e: by_package[e]),
+        ("file", report.file_cycles, report.file_succ, lambda e: (e.source, e.target)),
+    ):
+        if not comps:
+            lines.append(f"{kind} cycles: none")
+        for comp in comps:
+            members = set(comp)
+            lines.append(f"{kind} cycle: {' -> '.join(shortest_cycle(comp, succ))}  (component of {len(comp)}: "
+                         f"{', '.join(comp)})")
+            for e in edges:  # the imports that make the cycle, with their lines
+                a, b = ends(e)
+                if a != b and a in members and b in members:
+                    lines.append(f"    {e}" if kind == "file" else f"    {a} -> {b}: {e}")
     return lines
 
 
