@@ -18,6 +18,7 @@ from classifiers.metrics import MetricsError
 __all__ = [
     "BootstrapCI",
     "bootstrap_ci",
+    "wilson_interval",
     "PairedResult",
     "paired_difference",
     "corrected_resampled_ttest",
@@ -27,7 +28,7 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------------------
-# bootstrap
+# intervals: bootstrap and Wilson
 # --------------------------------------------------------------------------------------
 class BootstrapCI(NamedTuple):
     estimate: float
@@ -113,6 +114,15 @@ def bootstrap_ci(
         raise MetricsError("the metric was undefined on every bootstrap resample")
     low, high = np.percentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     return BootstrapCI(estimate, float(low), float(high))
+
+
+def wilson_interval(correct: int, n: int, alpha: float = 0.05) -> tuple[float | None, float | None]:
+    """Wilson score interval of a proportion ``correct / n`` (None, None when ``n`` is 0): unlike
+    the normal approximation it stays inside [0, 1] and is honest for the few images of a rare cell."""
+    if n <= 0:
+        return None, None
+    ci = stats.binomtest(int(correct), int(n)).proportion_ci(confidence_level=1 - alpha, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 # --------------------------------------------------------------------------------------
@@ -210,11 +220,3 @@ def mcnemar(correct_a, correct_b, exact: bool | None = None) -> McNemarResult:
     stat = max(abs(b - c) - 1, 0) ** 2 / n
     return McNemarResult(float(stat), float(stats.chi2.sf(stat, 1)), b, c, False)
 
-
-def wilson_interval(correct: int, n: int, alpha: float = 0.05) -> tuple[float | None, float | None]:
-    """Wilson score interval of a proportion ``correct / n`` (None, None when ``n`` is 0): unlike
-    the normal approximation it stays inside [0, 1] and is honest for the few images of a rare cell."""
-    if n <= 0:
-        return None, None
-    ci = stats.binomtest(int(correct), int(n)).proportion_ci(confidence_level=1 - alpha, method="wilson")
-    return float(ci.low), float(ci.high)

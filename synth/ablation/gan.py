@@ -31,6 +31,8 @@ POLL_SECONDS = 2.0
 # Set by the ablation itself (the fold's data, its length, its seed, its judges: --gan-judge) or
 # meaningless for a fold GAN: a time limit would mark a half-trained GAN as finished.
 _NOT_GAN_OPTIONS = ("data", "cond", "kimg", "seed", "time_limit", "judge", "device", "unconditional")
+# ImageSet.join tag of the --gan-pool images in a fold GAN's training set (their files: @pool/...).
+POOL_TAG = "pool"
 # What a fold GAN takes from --gan-base so that every tensor of the base fits.
 _BASE_ARCHITECTURE = ("resolution", "z_dim", "w_dim", "map_layers", "channel_base", "channel_max", "mbstd_group",
                       "num_fp16_res", "conv_clamp")
@@ -184,7 +186,7 @@ def ensure_fold_gan(config: AblationConfig, fold: int, train_set, out: Path, log
             selected = "last"
             if opts.judge and (run_dir / "best.ckpt").is_file():
                 snap, selected = run_dir / "best.ckpt", "best"
-            n_pool = sum(r.file.startswith("@pool/") for r in train_set.records)
+            n_pool = sum(r.file.startswith(f"@{POOL_TAG}/") for r in train_set.records)
             write_json(marker, {"snapshot": snap.name, "selected": selected, "kimg": trainer.cur_nimg / 1000,
                                 "n_images": len(train_set), "n_pool": n_pool, "base": config.gan_base,
                                 "judges": list(opts.judge), "selection": _selection_stats(run_dir) if opts.judge else None,

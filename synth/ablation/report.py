@@ -127,7 +127,7 @@ def _rare_section(rare: dict | None) -> list[str]:
         return []
     out = ["", "### Rare cells", ""]
     if not rare["cells"]:
-        return out + [f"No rare cells: none has fewer real images than {rare['rule'].split('than ', 1)[-1]}."]
+        return out + [f"No rare cells ({rare['rule']})."]
     out.append(f"Rare: {rare['rule']}: {', '.join('/'.join(c) for c in rare['cells'])} ({rare['n']} held-out images, "
                "pooled out-of-fold). Accuracy with its Wilson 95% interval; gains in points with a paired bootstrap "
                "95% interval over subjects and McNemar's p.")

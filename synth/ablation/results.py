@@ -174,7 +174,8 @@ def rare_cell_statistics(run, correct: dict[str, np.ndarray], n_boot: int = 2000
                  "cells": [list(c) for c in rare], "n": 0, "arms": {}}
     if not rare:
         return out
-    mask = np.isin(np.arange(len(run.cells)), [i for i, c in enumerate(run.cells) if c in set(rare)])
+    rare_set = set(rare)
+    mask = np.array([c in rare_set for c in run.cells])
     groups = run.imageset.groups()[mask]
     out["n"] = int(mask.sum())
     controls = {a.ratio: a.name for a in run.arms if a.matched}

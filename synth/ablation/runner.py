@@ -200,11 +200,10 @@ class _Run(TrainingSets):
             fold_gan_options(self.config, 0, open_gan_base(self.config.gan_base)[0])
 
     def _open_pool(self, path: Path):
-        """--gan-pool, read in the data's condition space; refused when one of its images is also
-        one of the data's (the held-out folds would reach the fold GANs through it)."""
+        """--gan-pool, read in the data's condition space (so its factors and levels are the data's);
+        refused when one of its images is also one of the data's (the held-out folds would reach the
+        fold GANs through it)."""
         import hashlib
-
-        from synth.data.dataset import DatasetError
 
         pool = _open(path, self.config.cond, "--gan-pool", space=self.space)
         if len(pool) == 0:
@@ -217,10 +216,6 @@ class _Run(TrainingSets):
         if shared:
             raise AblationError(f"--gan-pool {path}: {len(shared)} image(s) are also in --data (e.g. {shared[0]}); the "
                                 f"pool must hold other subjects, or held-out images reach the fold GANs")
-        try:
-            self.imageset.subset([]).join(pool, "pool")  # same factors and levels
-        except DatasetError as e:
-            raise AblationError(f"--gan-pool {str(e).splitlines()[0]}") from None
         return pool
 
     # ---- one cell --------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from synth.ablation.cache import try_claim
-from synth.ablation.gan import ensure_fold_gan, load_fold_generator
+from synth.ablation.gan import POOL_TAG, ensure_fold_gan, load_fold_generator
 from synth.ablation.plan import PERFECT_TYPE, AblationError, Arm
 
 __all__ = ["TrainingSets", "POLL_SECONDS"]
@@ -63,7 +63,7 @@ class TrainingSets:
         """What fold ``fold``'s GAN trains on: the fold's training images, plus ``--gan-pool``'s
         images of other subjects (never a classifier's)."""
         train_set = self.imageset.subset(np.flatnonzero(self.folds != fold))
-        return train_set if self._pool is None else train_set.join(self._pool, "pool")
+        return train_set if self._pool is None else train_set.join(self._pool, POOL_TAG)
 
     def synthetic_dir(self, fold: int, arm: Arm) -> Path:
         return self.out / "synthetic" / f"fold{fold}" / arm.name
