@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -528,7 +529,14 @@ def test_fold_gans_from_a_base_with_a_pool_chosen_by_judges(tmp_path, data, monk
     cfg = config(data, None, gan_per_fold=True, types=["unrelated"], gan_kimg=0.008, gan_resolution=16, gan_options=gan,
                  gan_base=str(base), gan_pool=str(pool), gan_judges=[str(judge)], epoch_selection="last")
     out = tmp_path / "out"
+    import synth.networks.checkpoint as ckpt_mod
+
+    base_reads = []  # the base's weights are read by each fresh fold GAN, never to check or resume
+    real_load = ckpt_mod.load_checkpoint
+    monkeypatch.setattr(ckpt_mod, "load_checkpoint",
+                        lambda p, *a, **k: (base_reads.append(1) if Path(p).parent == base else None) or real_load(p, *a, **k))
     res = run_ablation(cfg, out)
+    assert len(base_reads) == 2
     folds = read_folds(out / "folds.csv", open_dataset(data))
     base_g = load_checkpoint(base / json.loads((base / "latest.json").read_text())["snapshot"])["G_ema"].state_dict
     for f in range(2):
@@ -542,6 +550,10 @@ def test_fold_gans_from_a_base_with_a_pool_chosen_by_judges(tmp_path, data, monk
     assert res.results["generator"]["gan_pool"] == str(pool) and len(res.results["generator"]["folds"]) == 2
     report = (out / "report.md").read_text()
     assert "### Fold GANs" in report and "best.ckpt (best)" in report
+    (out / "gans" / "fold0" / "generator.json").unlink()  # as if killed after its last snapshot
+    base_reads.clear()
+    run_ablation(cfg, out)
+    assert base_reads == [] and (out / "gans" / "fold0" / "generator.json").is_file()
     # the pool must hold other subjects: the data itself is refused, before anything is written
     with pytest.raises(AblationError, match="also in --data"):
         run_ablation(config(data, None, gan_per_fold=True, types=["unrelated"], gan_options=TINY_GAN,

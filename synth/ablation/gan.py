@@ -40,22 +40,29 @@ _BASE_ARCHITECTURE = ("resolution", "z_dim", "w_dim", "map_layers", "channel_bas
 _SELECTION_KEYS = ("metric/select", "metric/judge/mean", "metric/diversity/mean", "metric/diversity/min")
 
 
-def open_gan_base(path: str | None):
+def open_gan_base(path: str | None, tensors: bool = True):
     """(TrainingOptions, checkpoint) of ``--gan-base``, or (None, None); AblationError if it is
-    not one of our training snapshots."""
+    not one of our training snapshots.  ``tensors=False`` reads the options from the file's
+    metadata alone and returns None for the checkpoint (enough to check a run or to resume a
+    fold GAN, which never needs the base's weights)."""
     if path is None:
         return None, None
-    from synth.networks.checkpoint import CheckpointError, load_checkpoint
+    from synth.networks.checkpoint import CheckpointError, load_checkpoint, read_metadata
     from synth.training.training_loop import TrainingOptions, find_snapshot
 
     try:
         snap = find_snapshot(path)
-        ck = load_checkpoint(snap, map_location="cpu")
+        if tensors:
+            ck = load_checkpoint(snap, map_location="cpu")
+            options, has_g = ck.get("options"), ck.get("G") is not None
+        else:
+            meta = read_metadata(snap)
+            ck, options, has_g = None, meta.get("values", {}).get("options"), "G" in meta.get("modules", {})
     except (CheckpointError, OSError, ValueError) as e:
         raise AblationError(f"--gan-base {path}: {str(e).splitlines()[0]}") from None
-    if not isinstance(ck.get("options"), dict) or ck.get("G") is None:
+    if not isinstance(options, dict) or not has_g:
         raise AblationError(f"--gan-base {path}: not a training snapshot of synth train (no options or no G)")
-    return TrainingOptions.from_dict(ck["options"]), ck
+    return TrainingOptions.from_dict(options), ck
 
 
 def check_generator_space(gspace, dspace, where: str) -> None:
@@ -162,7 +169,7 @@ def ensure_fold_gan(config: AblationConfig, fold: int, train_set, out: Path, log
             snap = fold_gan_done(out, fold)
             if snap is not None:
                 return snap
-            base_opts, base_ck = open_gan_base(config.gan_base)
+            base_opts, _ = open_gan_base(config.gan_base, tensors=False)
             opts = fold_gan_options(config, fold, base_opts)
             say = log or (lambda m: None)
             try:
@@ -174,9 +181,8 @@ def ensure_fold_gan(config: AblationConfig, fold: int, train_set, out: Path, log
                         resumed = True
                     except (CheckpointError, TrainingError, KeyError, ValueError):
                         trainer = Trainer(opts, run_dir, imageset=train_set, log=say)
-                if not resumed and base_ck is not None:
-                    say(trainer.import_snapshot(config.gan_base, base_ck))
-                base_ck = None  # the base's tensors now live in the networks
+                if not resumed and config.gan_base is not None:  # the base's weights, only for a fresh GAN
+                    say(trainer.import_snapshot(config.gan_base, open_gan_base(config.gan_base)[1]))
                 trainer.train()
                 if trainer.last_snapshot is None or trainer.cur_nimg < int(round(opts.kimg * 1000)):
                     trainer.save_snapshot()

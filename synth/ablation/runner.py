@@ -197,7 +197,7 @@ class _Run(TrainingSets):
         if self.config.gan_pool is not None:
             self._pool = self._open_pool(Path(self.config.gan_pool))
         if self.config.gan_per_fold:  # the fold GANs' options (and the base) fail here, not hours later
-            fold_gan_options(self.config, 0, open_gan_base(self.config.gan_base)[0])
+            fold_gan_options(self.config, 0, open_gan_base(self.config.gan_base, tensors=False)[0])
 
     def _open_pool(self, path: Path):
         """--gan-pool, read in the data's condition space (so its factors and levels are the data's);
