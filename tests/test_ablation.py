@@ -554,6 +554,25 @@ def test_fold_gans_from_a_base_with_a_pool_chosen_by_judges(tmp_path, data, monk
     base_reads.clear()
     run_ablation(cfg, out)
     assert base_reads == [] and (out / "gans" / "fold0" / "generator.json").is_file()
+    # another folder (other classifier settings) takes these fold GANs instead of training its own
+    import dataclasses
+
+    from synth.training.training_loop import Trainer
+
+    monkeypatch.setattr(Trainer, "train", lambda self: pytest.fail("a fold GAN was trained again"))
+    cfg2 = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=cfg.train.epochs + 1), gans_from=str(out))
+    run_ablation(cfg2, tmp_path / "out2")
+    for f in range(2):
+        theirs, ours = out / "gans" / f"fold{f}", tmp_path / "out2" / "gans" / f"fold{f}"
+        assert json.loads((ours / "generator.json").read_text())["taken_from"] == str(theirs)
+        assert (ours / "best.ckpt").read_bytes() == (theirs / "best.ckpt").read_bytes()
+    assert "taken_from" not in json.loads((out / "gans" / "fold0" / "generator.json").read_text())
+    # fold GANs made with other settings are refused before anything is written
+    with pytest.raises(AblationError, match=r"other settings \(gan_kimg\)"):
+        run_ablation(dataclasses.replace(cfg2, gan_kimg=0.016), tmp_path / "out3")
+    assert not (tmp_path / "out3").exists()
+    with pytest.raises(AblationError, match="--gans-from: only with --gan-per-fold"):
+        run_ablation(config(data, tmp_path / "nowhere.ckpt", gans_from=str(out)), tmp_path / "out4")
     # the pool must hold other subjects: the data itself is refused, before anything is written
     with pytest.raises(AblationError, match="also in --data"):
         run_ablation(config(data, None, gan_per_fold=True, types=["unrelated"], gan_options=TINY_GAN,

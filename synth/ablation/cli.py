@@ -59,6 +59,10 @@ def _psi(ctx, param, value):
 @click.option("--gan-judge", "gan_judges", type=click.Path(path_type=Path), multiple=True,
               help="With --gan-per-fold: a classifier (trained on other subjects) that scores each fold GAN while it "
                    "trains (repeatable); the snapshot the selection rule prefers (fidelity and variety) is used.")
+@click.option("--gans-from", type=click.Path(path_type=Path), default=None,
+              help="With --gan-per-fold: take each finished fold GAN from another ablation folder made with the same "
+                   "data, folds and GAN settings (to rerun the classifiers with other settings without retraining "
+                   "the GANs); files are hard-linked where possible.")
 @click.option("--ratio", "ratios", type=float, multiple=True,
               help="Synthetic images per study-rule count (repeat for a sweep). Default 1.0.")
 @click.option("--mix", "mixes", type=float, multiple=True, help="Disease weight of plain 'blended' arms. Default 0.55.")
@@ -227,6 +231,7 @@ def ablate(ctx: click.Context, **p) -> None:
             gan_base=str(p["gan_base"].resolve()) if p["gan_base"] else None,
             gan_pool=str(p["gan_pool"].resolve()) if p["gan_pool"] else None,
             gan_judges=[str(j.resolve()) for j in p["gan_judges"]],
+            gans_from=str(p["gans_from"].resolve()) if p["gans_from"] else None,
             epoch_selection=p["epoch_selection"].replace("-", "_"), inner_val=p["inner_val"], stale_after=p["claim_timeout"], wait=not p["no_wait"],
         )
         result = run_ablation(config, p["out"], force=p["force"])

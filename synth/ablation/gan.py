@@ -25,7 +25,7 @@ from synth.ablation.cache import read_json, try_claim, write_json
 from synth.ablation.plan import AblationConfig, AblationError
 
 __all__ = ["check_generator_space", "fold_gan_options", "fold_gan_done", "ensure_fold_gan", "load_fold_generator",
-           "open_gan_base", "fold_gan_records"]
+           "open_gan_base", "fold_gan_records", "check_gans_source", "GAN_SETTINGS"]
 
 POLL_SECONDS = 2.0
 # Set by the ablation itself (the fold's data, its length, its seed, its judges: --gan-judge) or
@@ -36,6 +36,10 @@ POOL_TAG = "pool"
 # What a fold GAN takes from --gan-base so that every tensor of the base fits.
 _BASE_ARCHITECTURE = ("resolution", "z_dim", "w_dim", "map_layers", "channel_base", "channel_max", "mbstd_group",
                       "num_fp16_res", "conv_clamp")
+# What the fold GANs depend on (keys of AblationConfig.fingerprint): --gans-from takes another
+# folder's fold GANs only when these and the folds are the same.
+GAN_SETTINGS = ("data", "cond", "k", "seed", "gan_per_fold", "gan_kimg", "gan_resolution", "gan_preset", "gan_options",
+                "gan_base", "gan_pool", "gan_judges")
 # Scores of the monitor kept in generator.json for the report (see synth.training.monitor).
 _SELECTION_KEYS = ("metric/select", "metric/judge/mean", "metric/diversity/mean", "metric/diversity/min")
 
@@ -75,6 +79,59 @@ def check_generator_space(gspace, dspace, where: str) -> None:
         missing = [lv for lv in dspace.factor(name).levels if lv not in gspace.factor(name).levels]
         if missing:
             raise AblationError(f"{where}: generator has no level {missing[0]!r} of factor {name!r}")
+
+
+def check_gans_source(config: AblationConfig, folds, imageset) -> None:
+    """--gans-from: refuse a folder whose fold GANs this run would not have trained itself
+    (other GAN settings or other folds); changes nothing."""
+    import numpy as np
+
+    from synth.data.dataset import DatasetError
+    from synth.data.folds import read_folds
+
+    src = Path(config.gans_from)
+    plan = read_json(src / "plan.json") if src.is_dir() else None
+    if not isinstance(plan, dict) or not isinstance(plan.get("fingerprint"), dict):
+        raise AblationError(f"--gans-from {src}: holds no ablation (plan.json missing)")
+    theirs, ours = plan["fingerprint"], config.fingerprint()
+    diff = [k for k in GAN_SETTINGS if theirs.get(k) != ours.get(k)]
+    if diff:
+        raise AblationError(f"--gans-from {src}: its fold GANs were made with other settings ({', '.join(diff)})")
+    try:
+        their_folds = read_folds(src / "folds.csv", imageset)
+    except (DatasetError, OSError) as e:
+        raise AblationError(f"--gans-from {src}: no usable folds.csv ({str(e).splitlines()[0]})") from None
+    if not np.array_equal(their_folds, folds):
+        raise AblationError(f"--gans-from {src}: its folds (folds.csv) differ from this run's")
+
+
+def _take_fold_gan(src_out: Path, out: Path, fold: int) -> None:
+    """Copy a finished fold GAN of another ablation folder into ``out`` (hard links where the file
+    system allows: snapshots are only ever replaced, never written in place), all or nothing."""
+    import os
+    import shutil
+    import tempfile
+
+    def link_or_copy(a, b):
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    src, dst = src_out / "gans" / f"fold{fold}", out / "gans" / f"fold{fold}"
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".fold{fold}.", suffix=".tmp", dir=dst.parent))
+    try:
+        shutil.copytree(src, tmp / "run", copy_function=link_or_copy,
+                        ignore=lambda d, names: [n for n in names if n.endswith((".lock", ".tmp"))])
+        marker = read_json(tmp / "run" / "generator.json")
+        (tmp / "run" / "generator.json").unlink()  # replaced, not written through the link
+        write_json(tmp / "run" / "generator.json", {**marker, "taken_from": str(src)})
+        if dst.exists():  # a half-trained GAN of this folder gives way to the finished one
+            shutil.rmtree(dst)
+        os.replace(tmp / "run", dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def fold_gan_options(config: AblationConfig, fold: int, base=None):
@@ -169,6 +226,10 @@ def ensure_fold_gan(config: AblationConfig, fold: int, train_set, out: Path, log
             snap = fold_gan_done(out, fold)
             if snap is not None:
                 return snap
+            if config.gans_from is not None and fold_gan_done(Path(config.gans_from), fold) is not None:
+                (log or (lambda m: None))(f"fold {fold}: GAN taken from {config.gans_from}")
+                _take_fold_gan(Path(config.gans_from), out, fold)
+                return fold_gan_done(out, fold)
             base_opts, _ = open_gan_base(config.gan_base, tensors=False)
             opts = fold_gan_options(config, fold, base_opts)
             say = log or (lambda m: None)

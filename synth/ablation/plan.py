@@ -103,6 +103,10 @@ class AblationConfig:
     gan_base: str | None = None
     gan_pool: str | None = None
     gan_judges: Sequence[str] = ()
+    # Another ablation folder whose finished fold GANs this one takes over (same data, folds and
+    # GAN settings): classifier settings can change without retraining hours of GANs.  Not part
+    # of the fingerprint: the GANs are the same ones this folder would train.
+    gans_from: str | None = None
     seeds: int = 1
     matched_control: bool = True  # a real_matched arm per ratio (see the module docstring)
     # every arm keeps the real set's epoch length; synthetic images replace real presentations
@@ -153,7 +157,8 @@ class AblationConfig:
         """The settings finished cells depend on.  Arms (types, ratios) may be added to an
         existing output folder; anything else must match what the folder was made with."""
         d = self.to_dict()
-        for key in ("types", "ratios", "seeds", "matched_control", "synthetic_only", "progress", "device", "gen_batch", "stale_after", "wait"):
+        for key in ("types", "ratios", "seeds", "matched_control", "synthetic_only", "progress", "device", "gen_batch", "stale_after", "wait",
+                    "gans_from"):
             d.pop(key)
         d["gan_options"] = {k: v for k, v in d["gan_options"].items() if k not in GAN_RUNTIME_OPTIONS}
         d["train"] = {k: v for k, v in d["train"].items() if k not in ("progress", "device", "num_workers", "eval_batch")}

@@ -31,7 +31,7 @@ import numpy as np
 from classifiers.train import train_classifier
 from synth.ablation.cache import read_json, try_claim, write_json
 from synth.ablation.folder import cell_name, cell_path, check_out_dir, load_plan, prepare_out_dir
-from synth.ablation.gan import ensure_fold_gan, fold_gan_done, fold_gan_options, load_fold_generator, open_gan_base
+from synth.ablation.gan import check_gans_source, ensure_fold_gan, fold_gan_done, fold_gan_options, load_fold_generator, open_gan_base
 from synth.ablation.plan import PERFECT_TYPE, AblationConfig, AblationError, Arm, build_arms
 from synth.ablation.results import collect_results
 from synth.ablation.sets import POLL_SECONDS, TrainingSets, _open
@@ -77,6 +77,11 @@ def _check_config(config: AblationConfig) -> list[Arm]:
         raise AblationError(f"--gan-base {config.gan_base}: not found")
     if config.gan_pool is not None and not Path(config.gan_pool).exists():
         raise AblationError(f"--gan-pool {config.gan_pool}: not found")
+    if config.gans_from is not None:
+        if not config.gan_per_fold:
+            raise AblationError("--gans-from: only with --gan-per-fold (it takes another folder's fold GANs)")
+        if not Path(config.gans_from).is_dir():
+            raise AblationError(f"--gans-from {config.gans_from}: not found (give an ablation output folder)")
     for judge in config.gan_judges:
         if not Path(judge).exists():
             raise AblationError(f"--gan-judge {judge}: not found")
@@ -198,6 +203,8 @@ class _Run(TrainingSets):
             self._pool = self._open_pool(Path(self.config.gan_pool))
         if self.config.gan_per_fold:  # the fold GANs' options (and the base) fail here, not hours later
             fold_gan_options(self.config, 0, open_gan_base(self.config.gan_base, tensors=False)[0])
+        if self.config.gans_from is not None:
+            check_gans_source(self.config, self.folds, self.imageset)
 
     def _open_pool(self, path: Path):
         """--gan-pool, read in the data's condition space (so its factors and levels are the data's);
