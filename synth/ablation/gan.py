@@ -124,9 +124,8 @@ def _take_fold_gan(src_out: Path, out: Path, fold: int) -> None:
     try:
         shutil.copytree(src, tmp / "run", copy_function=link_or_copy,
                         ignore=lambda d, names: [n for n in names if n.endswith((".lock", ".tmp"))])
-        marker = read_json(tmp / "run" / "generator.json")
-        (tmp / "run" / "generator.json").unlink()  # replaced, not written through the link
-        write_json(tmp / "run" / "generator.json", {**marker, "taken_from": str(src)})
+        marker = tmp / "run" / "generator.json"  # write_json replaces the link, never writes through it
+        write_json(marker, {**read_json(marker), "taken_from": str(src)})
         if dst.exists():  # a half-trained GAN of this folder gives way to the finished one
             shutil.rmtree(dst)
         os.replace(tmp / "run", dst)
@@ -226,13 +225,13 @@ def ensure_fold_gan(config: AblationConfig, fold: int, train_set, out: Path, log
             snap = fold_gan_done(out, fold)
             if snap is not None:
                 return snap
+            say = log or (lambda m: None)
             if config.gans_from is not None and fold_gan_done(Path(config.gans_from), fold) is not None:
-                (log or (lambda m: None))(f"fold {fold}: GAN taken from {config.gans_from}")
+                say(f"fold {fold}: GAN taken from {config.gans_from}")
                 _take_fold_gan(Path(config.gans_from), out, fold)
                 return fold_gan_done(out, fold)
             base_opts, _ = open_gan_base(config.gan_base, tensors=False)
             opts = fold_gan_options(config, fold, base_opts)
-            say = log or (lambda m: None)
             try:
                 trainer = Trainer(opts, run_dir, imageset=train_set, log=say)
                 resumed = False

@@ -15,11 +15,6 @@ from synth.quality.panel.settings import JUDGE_SIZE, KIND_FACTORS, PanelConfig, 
 __all__ = ["kind_of", "open_checkpoint", "real_reference", "evaluate_checkpoint", "rises", "MONOTONE_RHO"]
 
 
-# ----------------------------------------------------------------------------------------
-# Checkpoints
-
-
-
 # A morph "rises" when the judged level follows the level order with Spearman rho >= 0.9.  Over
 # five levels one swap of neighbours gives rho = 0.9 exactly, which scipy returns as
 # 0.8999999999999998: the tolerance keeps such a morph on the side the rule means it to be.
@@ -29,6 +24,11 @@ MONOTONE_RHO = 0.9
 def rises(rho: float | None) -> bool:
     """Whether a morph with Spearman ``rho`` counts as monotone (None, a flat morph: no)."""
     return rho is not None and rho >= MONOTONE_RHO - 1e-9
+
+
+# ----------------------------------------------------------------------------------------
+# Checkpoints
+
 
 def kind_of(space, path: Path) -> str:
     """faces or skin, from a generator's condition space (which must be the atlas's)."""
